@@ -1,0 +1,132 @@
+"""Checkpoints: the official SALMONN ``.pth`` key map, and our trainable-only checkpoints.
+
+Official checkpoints (``salmonn_v1.pth``, ``salmonn_7b_v0.pth``, and what the official trainer
+writes) are ``{"model": state_dict}`` holding the parameters that were trainable (LAVIS Q-Former,
+LayerNorms, projection, peft LoRA) plus whatever buffers sat beside them (rotary ``inv_freq``,
+Q-Former ``position_ids``, BEATs' shared relative-attention bias). Every key is mapped explicitly;
+a key that maps nowhere, or a shape that differs, is an error, never a silent skip.
+
+Our own checkpoints hold only trainable weights (and the ``[PAD]`` rows, which the official code
+leaves random) under salmonn-pl names, and load back losslessly.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+FORMAT = "salmonn-pl/trainable-v1"
+PAD_ROW_KEYS = ("llm.pad_row.embed_tokens", "llm.pad_row.lm_head")
+
+# Buffers the official checkpoints carry that we recompute instead of loading.
+_DROPPED = (
+    re.compile(r"^llama_model\..*rotary_emb\.inv_freq$"),
+    re.compile(r"^speech_Qformer\.bert\.embeddings\.position_ids$"),
+)
+
+# (official pattern, salmonn-pl replacement), tried in order.
+_KEY_MAP: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^speech_query_tokens$"), "connector.query_tokens"),
+    (re.compile(r"^ln_speech\.(.*)$"), r"connector.ln_speech.\1"),
+    (re.compile(r"^ln_audio\.(.*)$"), r"connector.ln_audio.\1"),
+    (re.compile(r"^speech_llama_proj\.(.*)$"), r"connector.proj.\1"),
+    (re.compile(r"^speech_Qformer\.bert\.embeddings\.LayerNorm\.(.*)$"), r"connector.qformer.layernorm.\1"),
+    (
+        re.compile(r"^speech_Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(.*)$"),
+        r"connector.qformer.encoder.layer.\1.\2.attention.\3",
+    ),
+    (re.compile(r"^speech_Qformer\.bert\.encoder\.layer\.(\d+)\.(.*)$"), r"connector.qformer.encoder.layer.\1.\2"),
+    (re.compile(r"^llama_model\.(.*)$"), r"llm.\1"),
+    (re.compile(r"^speech_encoder\.(.*)$"), r"whisper.\1"),
+    (re.compile(r"^beats\.(.*)$"), r"beats.\1"),
+]
+
+
+def map_official_key(key: str) -> str | None:
+    """salmonn-pl name of an official key; ``None`` for buffers we recompute."""
+    if any(p.match(key) for p in _DROPPED):
+        return None
+    for pattern, replacement in _KEY_MAP:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    raise KeyError(key)
+
+
+def _read(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int]:
+    """Load an official SALMONN ``.pth`` or a salmonn-pl checkpoint into ``model``.
+
+    Returns counts of loaded tensors per top-level module. Raises on keys that cannot be placed
+    and on shape mismatches, naming the file and the keys.
+    """
+    obj = _read(path)
+    if obj.get("format") == FORMAT:
+        state = dict(obj["state_dict"])
+    elif "model" in obj and isinstance(obj["model"], dict):
+        state = {}
+        unplaced = []
+        for key, value in obj["model"].items():
+            try:
+                mapped = map_official_key(key)
+            except KeyError:
+                unplaced.append(key)
+                continue
+            if mapped is not None:
+                state[mapped] = value
+        if unplaced:
+            raise ValueError(f"{path}: {len(unplaced)} keys cannot be placed in SALMONN: {unplaced[:10]}")
+    else:
+        raise ValueError(f"{path}: neither an official SALMONN checkpoint ({{'model': ...}}) nor a salmonn-pl checkpoint")
+
+    pad_rows = [state.pop(k, None) for k in PAD_ROW_KEYS]
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise ValueError(f"{path}: keys with no counterpart in this model (check the model config): {unknown[:10]}")
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+    if mismatched:
+        raise ValueError(f"{path}: shape mismatches (check the model config):\n  " + "\n  ".join(mismatched))
+    model.load_state_dict(state, strict=False)
+    if all(r is not None for r in pad_rows):
+        from salmonn_pl.model.llm import set_pad_rows
+
+        set_pad_rows(model.llm, *pad_rows)
+
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    not_in_ckpt = sorted(trainable - set(state))
+    counts = Counter(k.split(".")[0] for k in state)
+    log.info("loaded %d tensors from %s: %s", len(state), path, dict(counts))
+    if not_in_ckpt:
+        log.warning("%s holds no value for %d trainable tensors (kept as initialised), e.g. %s", path, len(not_in_ckpt), not_in_ckpt[:5])
+    return dict(counts)
+
+
+def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters under salmonn-pl names, plus the ``[PAD]`` embedding rows."""
+    from salmonn_pl.model.llm import get_pad_rows
+
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    state.update(zip(PAD_ROW_KEYS, (r.detach().cpu().clone() for r in get_pad_rows(model.llm))))
+    return state
+
+
+def save_trainable_checkpoint(model: nn.Module, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": FORMAT, "state_dict": trainable_state_dict(model)}, path)
