@@ -1,0 +1,106 @@
+"""Kaldi fbank parity with the official BEATs preprocessing (golden ``wav{i}.beats_fbank``)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from golden import Golden, assert_close
+
+from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
+from salmonn_pl.model.fbank import kaldi_fbank, kaldi_fbank_batch, kaldi_mel_banks, num_fbank_frames
+
+SAMPLE_RATE = 16000
+
+
+def load_official_wav(path: Path) -> torch.Tensor:
+    """Audio as the official SALMONN reads it: float64, channel 0, padded to >= 1 s, cut to 30 s."""
+    audio, _ = sf.read(path, dtype="float64")
+    if audio.ndim == 2:
+        audio = audio[:, 0]
+    if len(audio) < SAMPLE_RATE:
+        audio = np.concatenate([audio, np.zeros(SAMPLE_RATE - len(audio))])
+    return torch.from_numpy(audio[: 30 * SAMPLE_RATE].copy())
+
+
+def beats_normalised_fbank(waveform: torch.Tensor) -> torch.Tensor:
+    fbank = kaldi_fbank(waveform * 2**15)
+    return ((fbank - FBANK_MEAN) / (2 * FBANK_STD)).to(torch.float32)
+
+
+@pytest.fixture
+def single_thread():
+    """The golden tensors were computed with one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_fbank_matches_golden(golden: Golden, single_thread):
+    for i, wav in enumerate(golden.wavs):
+        waveform = load_official_wav(golden.path / wav["file"])
+        assert waveform.numel() == golden[f"wav{i}.num_samples"].item(), wav["file"]
+        assert_close(beats_normalised_fbank(waveform), golden[f"wav{i}.beats_fbank"][0], f"wav{i}.beats_fbank")
+
+
+def test_float32_fbank_is_measurably_worse(golden: Golden, single_thread):
+    """Why the fbank must run in float64: a float32 fbank is several times further from the official one.
+
+    The manifest records the official float32-vs-float64 error per clip; ours is of the same order.
+    """
+    float64_errors, float32_errors = [], []
+    for i, wav in enumerate(golden.wavs):
+        waveform = load_official_wav(golden.path / wav["file"])
+        expected = golden[f"wav{i}.beats_fbank"][0]
+        float64_errors.append((beats_normalised_fbank(waveform) - expected).abs().max().item())
+        float32_errors.append((beats_normalised_fbank(waveform.float()) - expected).abs().max().item())
+        official = golden.variant["wavs"][wav["name"]]["fbank_if_computed_in_float32_max_abs_diff"]
+        assert official / 4 < float32_errors[-1] < official * 4, (wav["name"], float32_errors[-1], official)
+        assert float32_errors[-1] > 2 * float64_errors[-1], (wav["name"], float32_errors[-1], float64_errors[-1])
+    print(f"fbank max abs diff vs golden: float64 {float64_errors}, float32 {float32_errors}")
+    assert max(float32_errors) > 5 * max(float64_errors)
+
+
+def test_batch_rows_equal_lone_clips():
+    """Each row of a padded batch gets exactly the frames of the clip alone; junk past its length is ignored."""
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.tensor([16000, 400, 7919, 399, 12345])
+    waveforms = torch.randn(len(lengths), int(lengths.max()), generator=generator, dtype=torch.float64) * 3000
+    fbank, num_frames = kaldi_fbank_batch(waveforms, lengths)
+
+    assert num_frames.tolist() == [num_fbank_frames(int(n)) for n in lengths]
+    assert num_frames[1] == 1 and num_frames[3] == 0, "one frame needs exactly 400 samples"
+    assert fbank.shape == (5, int(num_frames.max()), 128) and fbank.dtype == torch.float64
+    for row, length in enumerate(lengths.tolist()):
+        frames = int(num_frames[row])
+        if frames:
+            # Not always bit-equal: BLAS may pick another kernel for a different number of frames.
+            assert_close(fbank[row, :frames], kaldi_fbank(waveforms[row, :length]), f"row {row}", atol=1e-9)
+        assert not fbank[row, frames:].any()
+
+
+def test_fbank_keeps_its_dtype_under_autocast():
+    waveform = torch.randn(4000, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3000
+    reference = kaldi_fbank(waveform)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = kaldi_fbank(waveform)
+    assert under_autocast.dtype == torch.float64
+    assert torch.equal(under_autocast, reference)
+
+
+def test_mel_banks_are_kaldi_triangles():
+    banks = kaldi_mel_banks(128, 512, 16000.0)
+    assert banks.shape == (128, 257) and banks.dtype == torch.float32
+    assert not banks[:, -1].any(), "Nyquist column must be zero"
+    assert not banks[:, 0].any(), "DC bin lies below the 20 Hz lower edge"
+    assert banks.min() >= 0 and banks.max() <= 1
+    # With 128 bins on a 512-point FFT a few of the narrow low bins catch no FFT bin at all (as in Kaldi).
+    peaks = banks[banks.any(dim=1)].argmax(dim=1)
+    assert torch.all(peaks[1:] >= peaks[:-1]), "bin centres must increase with frequency"
+
+
+def test_too_short_waveform_is_rejected():
+    with pytest.raises(ValueError, match="fewer than one 400-sample frame"):
+        kaldi_fbank(torch.zeros(399, dtype=torch.float64))
