@@ -59,6 +59,40 @@ def map_official_key(key: str) -> str | None:
     raise KeyError(key)
 
 
+# (salmonn-pl pattern, official replacement): the inverse of _KEY_MAP, for exporting.
+_EXPORT_MAP: list[tuple[re.Pattern, str]] = [
+    (re.compile(r"^connector\.query_tokens$"), "speech_query_tokens"),
+    (re.compile(r"^connector\.ln_speech\.(.*)$"), r"ln_speech.\1"),
+    (re.compile(r"^connector\.ln_audio\.(.*)$"), r"ln_audio.\1"),
+    (re.compile(r"^connector\.proj\.(.*)$"), r"speech_llama_proj.\1"),
+    (re.compile(r"^connector\.qformer\.layernorm\.(.*)$"), r"speech_Qformer.bert.embeddings.LayerNorm.\1"),
+    (
+        re.compile(r"^connector\.qformer\.encoder\.layer\.(\d+)\.(attention|crossattention)\.attention\.(.*)$"),
+        r"speech_Qformer.bert.encoder.layer.\1.\2.self.\3",
+    ),
+    (re.compile(r"^connector\.qformer\.encoder\.layer\.(\d+)\.(.*)$"), r"speech_Qformer.bert.encoder.layer.\1.\2"),
+    (re.compile(r"^llm\.(.*)$"), r"llama_model.\1"),
+    (re.compile(r"^whisper\.(.*)$"), r"speech_encoder.\1"),
+    (re.compile(r"^beats\.(.*)$"), r"beats.\1"),
+]
+
+
+def to_official_key(key: str) -> str:
+    """Official SALMONN name of a salmonn-pl parameter (inverse of :func:`map_official_key`)."""
+    for pattern, replacement in _EXPORT_MAP:
+        if pattern.match(key):
+            return pattern.sub(replacement, key)
+    raise KeyError(key)
+
+
+def export_official_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Write the trainable weights as an official ``{'model': state_dict}`` SALMONN checkpoint."""
+    state = {to_official_key(n): p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state}, path)
+
+
 def _read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -119,10 +153,11 @@ def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int
 
 def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Trainable parameters under salmonn-pl names, plus the ``[PAD]`` embedding rows."""
-    from salmonn_pl.model.llm import get_pad_rows
-
     state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state.update(zip(PAD_ROW_KEYS, (r.detach().cpu().clone() for r in get_pad_rows(model.llm))))
+    # [PAD] is the last row of both vocabulary matrices (added after the SentencePiece vocabulary).
+    embed, lm_head = model.llm.get_input_embeddings(), model.llm.get_output_embeddings()
+    state[PAD_ROW_KEYS[0]] = embed.weight[-1].detach().cpu().clone()
+    state[PAD_ROW_KEYS[1]] = lm_head.weight[-1].detach().cpu().clone()
     return state
 
 

@@ -1,0 +1,20 @@
+# The two commands of the README. Both create .venv on first use (CPU torch 2.13.0 here; the same
+# pip line installs the CUDA build on a GPU machine) and install salmonn-pl into it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: demo test
+# The main job on the embedded default: a tiny SALMONN and bundled sample data, no downloads.
+demo: $(VENV)/.installed
+	$(VENV)/bin/salmonn-pl test --config configs/demo.yaml
+
+# The whole test suite (parity with the official tensors needs ../shared next to the repository).
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,0 +1,37 @@
+"""``salmonn-pl``: LightningCLI with the subcommands fit / validate / test / predict.
+
+Everything is configured by the typed ``__init__`` arguments of :class:`SalmonnModule` and of the
+chosen LightningDataModule (``data.class_path``); YAML recipes live in ``configs/``.
+``salmonn-pl test --config configs/sakura_eval.yaml --print_config`` shows the resolved config.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.cli import LightningCLI
+
+from salmonn_pl.lit_module import SalmonnModule
+
+
+class SalmonnCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Reports and W&B name the run after its output directory unless told otherwise.
+        parser.link_arguments("model.output_dir", "trainer.default_root_dir")
+
+
+def main(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
+    """Entry point of the ``salmonn-pl`` console script (``run=False`` only parses and instantiates)."""
+    return SalmonnCLI(
+        SalmonnModule,
+        LightningDataModule,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        # The module owns its optimizer recipe (official AdamW + warm-up/cosine), see `optim`.
+        auto_configure_optimizers=False,
+        args=args,
+        run=run,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""transformers logits processors configured from YAML.
+
+``sequence_bias`` takes phrases, not token ids, e.g. ``{"I cannot": -20, "I'm sorry": -20}``: each
+phrase is tokenized as the start of an answer (with SentencePiece's leading ``▁``), which is how
+the model would write it right after ``ASSISTANT:``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    EncoderRepetitionPenaltyLogitsProcessor,
+    ExponentialDecayLengthPenalty,
+    LogitsProcessor,
+    SequenceBiasLogitsProcessor,
+)
+
+from salmonn_pl.model.tokenizer import SalmonnTokenizer
+
+
+@dataclass
+class LogitsProcessorSettings:
+    sequence_bias: dict[str, float] | None = None
+    # > 1 favours tokens that appear in the prompt (e.g. the option words); < 1 discourages them.
+    encoder_repetition_penalty: float | None = None
+    # (start_index, decay_factor): after start_index new tokens, favour </s> exponentially.
+    exponential_decay_length_penalty: tuple[int, float] | None = None
+
+
+def build_logits_processors(
+    settings: LogitsProcessorSettings,
+    tokenizer: SalmonnTokenizer,
+    prompts: list[str],
+    num_beams: int = 1,
+    device: torch.device | str = "cpu",
+) -> list[LogitsProcessor]:
+    processors: list[LogitsProcessor] = []
+    if settings.sequence_bias:
+        bias = []
+        for phrase, value in settings.sequence_bias.items():
+            ids = tokenizer.encode(phrase)
+            if not ids:
+                raise ValueError(f"logits_processors.sequence_bias: phrase {phrase!r} has no tokens")
+            bias.append([ids, float(value)])
+        processors.append(SequenceBiasLogitsProcessor(sequence_bias=bias))
+    if settings.encoder_repetition_penalty is not None:
+        rows = [tokenizer.encode(p.replace("<SpeechHere>", " ")) for p in prompts]
+        width = max(len(r) for r in rows)
+        # Pad with each row's own first token, so no token outside the prompt is touched.
+        ids = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows])
+        processors.append(
+            EncoderRepetitionPenaltyLogitsProcessor(settings.encoder_repetition_penalty, ids.repeat_interleave(num_beams, 0).to(device))
+        )
+    if settings.exponential_decay_length_penalty is not None:
+        start, factor = settings.exponential_decay_length_penalty
+        processors.append(
+            ExponentialDecayLengthPenalty((int(start), float(factor)), tokenizer.eos_token_id, input_ids_seq_length=1)
+        )
+    return processors

@@ -1,0 +1,309 @@
+"""The composed SALMONN model: Whisper + BEATs -> window Q-Former -> LoRA LLM.
+
+Read top to bottom: configuration, construction from the official on-disk files, audio encoding
+(with the study's encoder ablations), assembly of the LLM input around ``<SpeechHere>``, the
+training loss, and generation.
+
+Two layouts of a batch in the LLM input exist, because the study compares them:
+
+* ``padding_side="right"`` is the official layout. The text after ``<SpeechHere>`` is right-padded
+  with ``[PAD]`` *in the middle* of the sequence (between the prompt and the answer), targets are
+  right-padded, and the training forward uses positions ``0..L-1`` regardless of padding. Answers
+  then depend on which other questions share the batch.
+* ``padding_side="left"`` (default) puts every pad before ``<s>`` and numbers positions from the
+  first real token, so each row sees exactly what it would see in a batch of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from salmonn_pl.generation.decode import GenerationSettings, generate
+from salmonn_pl.model.beats import BEATs
+from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
+from salmonn_pl.model.tokenizer import SalmonnTokenizer
+from salmonn_pl.model.whisper import load_whisper_encoder
+from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
+
+SPEECH_PLACEHOLDER = "<SpeechHere>"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+Ablation = Literal["none", "zero_beats", "zero_whisper", "zero_audio_tokens", "no_audio_tokens"]
+PaddingSide = Literal["left", "right"]
+
+
+@dataclass
+class SalmonnConfig:
+    """Every option of the official SALMONN model config, plus precision and batching knobs.
+
+    Paths: ``llm_path`` is a Hugging Face causal-LM directory holding the SentencePiece
+    ``tokenizer.model`` (Vicuna 13B v1.1 / 7B); ``whisper_path`` a Hugging Face Whisper directory
+    (whisper-large-v2); ``beats_path`` an official BEATs checkpoint (``BEATs_iter3_plus_AS2M*.pt``),
+    empty for a Whisper-only model; ``ckpt`` the official ``salmonn_v1.pth`` /
+    ``salmonn_7b_v0.pth`` or a salmonn-pl checkpoint (trainable weights only).
+    """
+
+    llm_path: str
+    whisper_path: str
+    beats_path: str = ""
+    ckpt: str = ""
+    num_speech_query_token: int = 1
+    window_level_qformer: bool = True
+    second_per_window: float = 0.333333
+    second_stride: float = 0.333333
+    qformer: QFormerSettings = field(default_factory=QFormerSettings)
+    lora: bool = True
+    lora_rank: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    freeze_whisper: bool = True
+    freeze_beats: bool = True
+    freeze_qformer: bool = False
+    freeze_proj: bool = False
+    max_txt_len: int = 300
+    end_sym: str = "</s>"
+    # Precision as separate knobs: the study compares fp16 weights under fp32 autocast, etc.
+    llm_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
+    autocast_dtype: Literal["none", "float32", "float16", "bfloat16"] = "none"
+    load_in_8bit: bool = False
+    # "per_clip": every clip's BEATs tokens equal a batch of one (default). "official": the
+    # official batched path, whose token mask is misaligned (see BEATs.extract_features).
+    beats_batching: Literal["per_clip", "official"] = "per_clip"
+
+
+@dataclass
+class LLMInputs:
+    inputs_embeds: torch.Tensor  # [B, L, H]
+    attention_mask: torch.Tensor  # [B, L] (1 = real token)
+    labels: torch.Tensor | None  # [B, L], -100 = ignored
+    position_ids: torch.Tensor | None  # None = 0..L-1 (official training layout)
+    audio_mask: torch.Tensor  # [B, L] True where an audio token sits
+
+
+class Salmonn(nn.Module):
+    def __init__(self, config: SalmonnConfig):
+        super().__init__()
+        self.config = config
+        llm_path = Path(config.llm_path)
+        self.tokenizer = SalmonnTokenizer(llm_path)
+        self.llm = load_llm(
+            llm_path,
+            self.tokenizer,
+            torch_dtype=DTYPES[config.llm_dtype],
+            lora=LoraSettings(
+                rank=config.lora_rank,
+                alpha=config.lora_alpha,
+                dropout=config.lora_dropout,
+                target_modules=tuple(config.lora_target_modules),
+            )
+            if config.lora
+            else None,
+            load_in_8bit=config.load_in_8bit,
+        )
+        self.whisper = load_whisper_encoder(config.whisper_path)
+        self.beats = BEATs.from_checkpoint(config.beats_path) if config.beats_path else None
+        self.connector = WindowQFormer(
+            whisper_width=self.whisper.config.d_model,
+            beats_width=self.beats.output_dim if self.beats is not None else None,
+            llm_width=self.llm.config.hidden_size,
+            num_query_tokens=config.num_speech_query_token,
+            second_per_window=config.second_per_window,
+            second_stride=config.second_stride,
+            window_level=config.window_level_qformer,
+            qformer=config.qformer,
+        )
+        self._freeze()
+        if config.ckpt:
+            from salmonn_pl.model.checkpoint import load_salmonn_checkpoint
+
+            load_salmonn_checkpoint(self, config.ckpt)
+
+    def _freeze(self) -> None:
+        frozen = []
+        if self.config.freeze_whisper:
+            frozen.append(self.whisper)
+        if self.config.freeze_beats and self.beats is not None:
+            frozen.append(self.beats)
+        if self.config.freeze_qformer:
+            frozen += [self.connector.qformer, self.connector.ln_speech, self.connector.ln_audio]
+        if self.config.freeze_proj:
+            frozen.append(self.connector.proj)
+        for module in frozen:
+            if module is not None:
+                module.requires_grad_(False)
+        if self.config.freeze_qformer:
+            self.connector.query_tokens.requires_grad_(False)
+
+    # -- precision -------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.config.autocast_dtype == "none":
+            return contextlib.nullcontext()
+        device = next(self.parameters()).device
+        return torch.autocast(device.type, dtype=DTYPES[self.config.autocast_dtype])
+
+    # -- audio -----------------------------------------------------------------------------
+    def encode_audio(
+        self,
+        spectrogram: torch.Tensor,
+        raw_wav: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        wav_lengths: torch.Tensor | None = None,
+        ablation: Ablation = "none",
+        output_attentions: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Audio tokens for the LLM, ``[B, n_tokens, llm_width]``, and the intermediate streams.
+
+        Ablations act on the encoder *outputs*, before the connector's LayerNorms:
+        ``zero_whisper`` / ``zero_beats`` replace that encoder's last hidden states by zeros (the
+        Q-Former then sees the LayerNorm bias, a constant that carries no audio);
+        ``zero_audio_tokens`` zeroes the projected audio tokens the LLM receives (the sequence
+        keeps its length and positions); ``no_audio_tokens`` removes them from the prompt
+        altogether (text-only; handled in :meth:`assemble`).
+        """
+        with self.autocast():
+            whisper_out = self.whisper(spectrogram.to(self.whisper.conv1.weight.dtype)).last_hidden_state
+            beats_out = beats_mask = None
+            if self.beats is not None and raw_wav is not None:
+                if self.config.beats_batching == "official":
+                    beats_out, _ = self.beats.extract_features(raw_wav, padding_mask=padding_mask, feature_only=True)
+                else:
+                    if wav_lengths is None:
+                        wav_lengths = torch.full((raw_wav.size(0),), raw_wav.size(1), device=raw_wav.device)
+                        if padding_mask is not None:
+                            wav_lengths = (~padding_mask).sum(1)
+                    beats_out, beats_mask = self.beats.extract_features_per_clip(raw_wav, wav_lengths)
+            if ablation == "zero_whisper":
+                whisper_out = torch.zeros_like(whisper_out)
+            if ablation == "zero_beats" and beats_out is not None:
+                beats_out = torch.zeros_like(beats_out)
+            out = self.connector(whisper_out, beats_out, beats_mask, output_attentions=output_attentions)
+        if ablation == "zero_audio_tokens":
+            out["audio_tokens"] = torch.zeros_like(out["audio_tokens"])
+        out["whisper_out"] = whisper_out
+        if beats_out is not None:
+            out["beats_out"] = beats_out
+        return out
+
+    # -- LLM input ---------------------------------------------------------------------------
+    def split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
+        if prompt.count(SPEECH_PLACEHOLDER) != 1:
+            raise ValueError(f"prompt must contain {SPEECH_PLACEHOLDER} exactly once: {prompt!r}")
+        before, after = prompt.split(SPEECH_PLACEHOLDER)
+        return self.tokenizer.encode(before), self.tokenizer.encode(after)
+
+    def target_ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text + self.config.end_sym)[: self.config.max_txt_len]
+
+    def assemble(
+        self,
+        prompts: list[str],
+        audio_tokens: torch.Tensor | None,
+        targets: list[str] | None = None,
+        padding_side: PaddingSide = "left",
+    ) -> LLMInputs:
+        """``[<s>, prompt before, audio, prompt after, (target </s>)]`` per row, padded to a batch.
+
+        ``audio_tokens=None`` builds the text-only prompt (no audio tokens at all).
+        """
+        pad, bos = self.tokenizer.pad_token_id, self.tokenizer.bos_token_id
+        n_audio = 0 if audio_tokens is None else audio_tokens.size(1)
+        parts = [self.split_prompt(p) for p in prompts]
+        tgt = [self.target_ids(t) for t in targets] if targets is not None else [[] for _ in prompts]
+
+        rows: list[tuple[list[int], list[int], list[int]]] = []  # ids, mask, labels
+        if padding_side == "right":
+            # Official layout: prompt-after right-padded in the middle, targets right-padded.
+            max_after = max(len(a) for _, a in parts)
+            max_tgt = max(len(t) for t in tgt)
+            for (before, after), t in zip(parts, tgt):
+                mid = max_after - len(after)
+                end = max_tgt - len(t)
+                prefix = [bos] + before + [pad] * n_audio + after + [pad] * mid
+                ids = prefix + t + [pad] * end
+                mask = [1] * (1 + len(before) + n_audio + len(after)) + [0] * mid + [1] * len(t) + [0] * end
+                labels = [-100] * len(prefix) + t + [-100] * end
+                rows.append((ids, mask, labels))
+            # A batch whose prompt-before lengths differ cannot take this layout (the official
+            # code would fail in its tokenizer call as well).
+            if len({len(r[0]) for r in rows}) != 1:
+                raise ValueError("right padding needs the same text before <SpeechHere> in every row")
+        else:
+            seqs = []
+            for (before, after), t in zip(parts, tgt):
+                ids = [bos] + before + [pad] * n_audio + after + t
+                labels = [-100] * (len(ids) - len(t)) + t
+                seqs.append((ids, labels))
+            width = max(len(ids) for ids, _ in seqs)
+            for ids, labels in seqs:
+                n = width - len(ids)
+                rows.append(([pad] * n + ids, [0] * n + [1] * len(ids), [-100] * n + labels))
+
+        device = self.connector.proj.weight.device
+        ids = torch.tensor([r[0] for r in rows], device=device)
+        mask = torch.tensor([r[1] for r in rows], device=device)
+        labels = torch.tensor([r[2] for r in rows], device=device) if targets is not None else None
+
+        # Audio slots: the n_audio positions right after <s> + prompt-before in every row.
+        audio_mask = torch.zeros_like(ids, dtype=torch.bool)
+        for i, (before, _) in enumerate(parts):
+            start = (len(rows[i][1]) - sum(rows[i][1])) if padding_side == "left" else 0
+            start += 1 + len(before)
+            audio_mask[i, start : start + n_audio] = True
+
+        embeds = embed_tokens(self.llm)(ids)
+        if n_audio:
+            embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), audio_tokens.to(embeds.dtype))
+        position_ids = None if padding_side == "right" else (mask.cumsum(-1) - 1).clamp(min=0)
+        return LLMInputs(embeds, mask, labels, position_ids, audio_mask)
+
+    # -- training ----------------------------------------------------------------------------
+    def llm_logits(self, inputs: LLMInputs) -> torch.Tensor:
+        with self.autocast():
+            return self.llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+            ).logits
+
+    @staticmethod
+    def target_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row sum of log p(target token) and the number of target tokens."""
+        logits = logits[:, :-1].float()
+        labels = labels[:, 1:]
+        valid = labels != -100
+        logp = -F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        return (logp * valid).sum(-1), valid.sum(-1)
+
+    def lm_loss(self, inputs: LLMInputs) -> torch.Tensor:
+        """The official loss: token-mean cross-entropy over every target token of the batch."""
+        logp, count = self.target_logprobs(self.llm_logits(inputs), inputs.labels)
+        return -logp.sum() / count.sum().clamp(min=1)
+
+    # -- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        audio_tokens: torch.Tensor | None,
+        settings: GenerationSettings,
+        padding_side: PaddingSide = "left",
+        logits_processors: list | None = None,
+    ):
+        inputs = self.assemble(prompts, audio_tokens, padding_side=padding_side)
+        with self.autocast():
+            return generate(
+                self.llm,
+                inputs.inputs_embeds,
+                inputs.attention_mask,
+                settings,
+                logits_processors=logits_processors or (),
+            )
