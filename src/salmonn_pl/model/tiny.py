@@ -55,6 +55,14 @@ class TinySizes:
     vocab_size: int = 1000
 
 
+def tiny_qformer_settings(sizes: TinySizes | None = None) -> "QFormerSettings":
+    """The Q-Former shape the factory writes (a config pointing at tiny files must repeat it)."""
+    from salmonn_pl.model.window_qformer import QFormerSettings
+
+    sizes = sizes or TinySizes()
+    return QFormerSettings(hidden_size=sizes.qformer_width, num_attention_heads=4, intermediate_size=2 * sizes.qformer_width, num_hidden_layers=sizes.qformer_layers)
+
+
 def _corpus(seed: int) -> list[str]:
     rng = random.Random(seed)
     words = ANIMALS + EMOTIONS + LANGUAGES + COUNTRIES + SOUNDS + ["male", "female", "man", "woman"]
@@ -103,8 +111,6 @@ def write_tiny_salmonn(out_dir: str | Path, seed: int = 0, sizes: TinySizes | No
 
     from salmonn_pl.model.checkpoint import export_official_checkpoint
     from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig
-    from salmonn_pl.model.window_qformer import QFormerSettings
-
     sizes = sizes or TinySizes()
     out = Path(out_dir)
     torch.manual_seed(seed)
@@ -171,7 +177,7 @@ def write_tiny_salmonn(out_dir: str | Path, seed: int = 0, sizes: TinySizes | No
             llm_path=str(llm_dir),
             whisper_path=str(whisper_dir),
             beats_path=str(paths.get("beats_path", "")),
-            qformer=QFormerSettings(hidden_size=sizes.qformer_width, num_attention_heads=4, intermediate_size=2 * sizes.qformer_width, num_hidden_layers=sizes.qformer_layers),
+            qformer=tiny_qformer_settings(sizes),
             llm_dtype="float32",
         )
     )
