@@ -1,0 +1,88 @@
+"""Collation of speech examples into model batches, with batched Whisper features.
+
+Every dataset yields :class:`Example` dicts; :class:`SpeechCollator` turns a list of them into the
+batch the model consumes. Audio goes through the official SALMONN path here (zero-pad to 1 s,
+truncate to 30 s), after any study variant has been applied to the full clip.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+
+from salmonn_pl.data.audio import prepare_official
+from salmonn_pl.data.features import whisper_log_mel
+
+
+class Example(TypedDict):
+    """One dataset item before collation."""
+
+    id: str  # stable question id, e.g. "Animal/single/cat2.wav"
+    audio: np.ndarray  # float64 [N] mono 16 kHz, after variant transforms, not yet padded/truncated
+    prompt: str  # full LLM prompt containing exactly one "<SpeechHere>"
+    text: str  # training target or golden answer
+    meta: dict[str, Any]  # JSON-serialisable: track, hop, label, variant name and params, flags
+
+
+class Batch(TypedDict):
+    spectrogram: torch.Tensor  # float32 [B, 80, 3000] Whisper log-mel of the first 30 s
+    raw_wav: torch.Tensor  # float64 [B, Nmax] right-padded with 0, each padded to >= 1 s, cut at 30 s
+    padding_mask: torch.Tensor  # bool [B, Nmax], True on padding
+    wav_lengths: torch.Tensor  # int64 [B]
+    prompt: list[str]
+    text: list[str]
+    id: list[str]
+    meta: list[dict[str, Any]]
+
+
+_REQUIRED_KEYS = ("id", "audio", "prompt", "text", "meta")
+
+
+class SpeechCollator:
+    """Collate :class:`Example` dicts into a :class:`Batch`.
+
+    ``feature_dtype`` is the compute precision of the Whisper log-mel (see
+    :func:`salmonn_pl.data.features.whisper_log_mel`); the spectrogram is float32 either way.
+    """
+
+    def __init__(self, feature_dtype: torch.dtype = torch.float32) -> None:
+        self.feature_dtype = feature_dtype
+
+    def __call__(self, examples: list[Example]) -> Batch:
+        if not examples:
+            raise ValueError("SpeechCollator got an empty list of examples")
+        for example in examples:
+            _check_example(example)
+
+        wavs = [prepare_official(np.asarray(example["audio"], dtype=np.float64)) for example in examples]
+        wav_lengths = torch.tensor([len(wav) for wav in wavs], dtype=torch.long)
+        raw_wav = torch.empty(len(wavs), int(wav_lengths.max()), dtype=torch.float64)
+        for row, wav in enumerate(wavs):
+            raw_wav[row, : len(wav)] = torch.from_numpy(wav)
+            raw_wav[row, len(wav) :] = 0.0
+        padding_mask = torch.arange(raw_wav.shape[1])[None, :] >= wav_lengths[:, None]
+
+        return Batch(
+            spectrogram=whisper_log_mel(raw_wav, wav_lengths, dtype=self.feature_dtype),
+            raw_wav=raw_wav,
+            padding_mask=padding_mask,
+            wav_lengths=wav_lengths,
+            prompt=[example["prompt"] for example in examples],
+            text=[example["text"] for example in examples],
+            id=[example["id"] for example in examples],
+            meta=[example["meta"] for example in examples],
+        )
+
+
+def _check_example(example: Example) -> None:
+    missing = [key for key in _REQUIRED_KEYS if key not in example]
+    if missing:
+        raise KeyError(f"example {example.get('id', '<no id>')!r} lacks {missing}")
+    audio = example["audio"]
+    if not isinstance(audio, np.ndarray) or audio.ndim != 1:
+        shape = getattr(audio, "shape", type(audio).__name__)
+        raise ValueError(f"example {example['id']!r}: audio must be a 1-D numpy array, got {shape}")
+    if example["prompt"].count("<SpeechHere>") != 1:
+        raise ValueError(f"example {example['id']!r}: prompt must contain exactly one <SpeechHere>")

@@ -1,0 +1,239 @@
+"""The study's benchmark variants: padded audio, option-free questions and encoder ablations.
+
+A :class:`Variant` is one named condition of the study; a :class:`VariantSweep` is the Cartesian
+product of several settings, written as one config entry and expanded into named variants::
+
+    sweep:
+      pad_seconds: [15, 30]
+      pad_fill: [zero, noise]
+      pad_position: [early, middle, late]   # -> 12 variants, pad15s-zero-early ... pad30s-noise-late
+
+Audio transforms (:func:`pad_to_duration`) run on the full 16 kHz clip before the official
+pad-to-1 s / truncate-to-30 s step, so a 30 s target fills Whisper's whole window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from salmonn_pl.data.audio import SAMPLE_RATE
+
+DEFAULT_PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {question}\nASSISTANT:"
+
+PadFill = Literal["zero", "noise"]
+PadPosition = Literal["early", "middle", "late"]
+# Encoder ablations are applied by the model to the encoder outputs; the data only carries the name.
+Ablation = Literal["none", "zero_beats", "zero_whisper", "zero_audio"]
+
+
+@dataclass(frozen=True)
+class PaddedAudio:
+    wav: np.ndarray
+    longer_than_target: bool  # the clip already exceeded the target and was left unchanged
+    clip_start: int  # first sample of the original clip inside ``wav``
+
+
+def stable_seed(*parts: str | int) -> int:
+    """A 63-bit seed from strings/ints that is the same in every process and Python version."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def pad_to_duration(
+    wav: np.ndarray,
+    seconds: float,
+    fill: PadFill = "zero",
+    position: PadPosition = "early",
+    noise_dbfs: float = -40.0,
+    seed: int = 0,
+    sample_rate: int = SAMPLE_RATE,
+) -> PaddedAudio:
+    """Pad a clip to ``seconds`` of audio.
+
+    ``position`` is where the clip sits: ``early`` (clip, then padding), ``middle`` (padding split
+    evenly, the extra sample after the clip) or ``late`` (padding, then clip). ``fill`` is ``zero``
+    or ``noise``: white Gaussian noise whose RMS is ``noise_dbfs`` decibels relative to full scale
+    (an RMS of 1.0 is 0 dBFS, so -40 dBFS is an RMS of 0.01), drawn from a torch generator seeded
+    with ``seed``. A clip already longer than the target is returned unchanged with
+    ``longer_than_target=True``.
+    """
+    if seconds <= 0:
+        raise ValueError(f"pad_to_duration: seconds must be positive, got {seconds}")
+    target = int(round(seconds * sample_rate))
+    missing = target - len(wav)
+    if missing <= 0:
+        return PaddedAudio(wav=wav, longer_than_target=missing < 0, clip_start=0)
+
+    before = {"early": 0, "middle": missing // 2, "late": missing}.get(position)
+    if before is None:
+        raise ValueError(f"pad_to_duration: unknown position {position!r} (expected early, middle or late)")
+    padded = np.empty(target, dtype=np.float64)
+    padded[before : before + len(wav)] = wav
+    if fill == "zero":
+        padding = np.zeros(missing, dtype=np.float64)
+    elif fill == "noise":
+        # torch's float32 normal sampler is ~3x faster than numpy's, which matters for 4000 x 30 s clips.
+        generator = torch.Generator().manual_seed(seed)
+        padding = torch.randn(missing, generator=generator).numpy()
+        padding = np.multiply(padding, 10.0 ** (noise_dbfs / 20.0), dtype=np.float64)
+    else:
+        raise ValueError(f"pad_to_duration: unknown fill {fill!r} (expected 'zero' or 'noise')")
+    padded[:before] = padding[:before]
+    padded[before + len(wav) :] = padding[before:]
+    return PaddedAudio(wav=padded, longer_than_target=False, clip_start=before)
+
+
+# The option list starts at the last "(a)" that is followed by a "(b)"; everything from there on goes.
+_OPTION_LIST = re.compile(r"\s*\(a\)(?!.*\(a\)).*?\(b\).*\Z", re.DOTALL | re.IGNORECASE)
+
+
+def strip_options(question: str) -> str:
+    """Remove the trailing ``(a) ... (b) ...`` option list from a multiple-choice question.
+
+    The study's "no options" probe: the model must answer from the audio without a list to pick
+    from. Raises ``ValueError`` when the question has no such list, so a silent no-op cannot pass
+    for a probe.
+    """
+    stripped, count = _OPTION_LIST.subn("", question)
+    if count == 0:
+        raise ValueError(f"strip_options: no '(a) ... (b) ...' option list in question {question!r}")
+    return stripped.rstrip()
+
+
+def check_prompt_template(template: str) -> None:
+    """A prompt template needs one ``<SpeechHere>`` (audio tokens) and one ``{question}``."""
+    if template.count("<SpeechHere>") != 1 or template.count("{question}") != 1:
+        raise ValueError(
+            f"prompt_template must contain '<SpeechHere>' and '{{question}}' exactly once each, got {template!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One study condition. ``name`` defaults to a readable description such as ``pad30s-noise-late``.
+
+    ``pad_seconds=None`` keeps the clip as released; ``pad_fill``, ``pad_position`` and ``noise_dbfs``
+    then have no effect. ``ablation`` names the encoder output the model zeroes for this variant
+    (``zero_beats``, ``zero_whisper`` or ``zero_audio`` for every audio token, i.e. text only).
+    ``prompt_template`` replaces the data module's template for this variant (``None`` keeps it).
+    """
+
+    name: str | None = None
+    pad_seconds: float | None = None
+    pad_fill: PadFill = "zero"
+    pad_position: PadPosition = "early"
+    noise_dbfs: float = -40.0
+    strip_options: bool = False
+    ablation: Ablation = "none"
+    prompt_template: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pad_seconds is not None and self.pad_seconds <= 0:
+            raise ValueError(f"Variant {self.name!r}: pad_seconds must be positive, got {self.pad_seconds}")
+        if self.prompt_template is not None:
+            check_prompt_template(self.prompt_template)
+        if self.name is None:
+            object.__setattr__(self, "name", self.default_name())
+
+    def default_name(self) -> str:
+        parts = []
+        if self.pad_seconds is not None:
+            noise = f"{_number(self.noise_dbfs)}dB" if self.pad_fill == "noise" and self.noise_dbfs != -40.0 else ""
+            parts.append(f"pad{_number(self.pad_seconds)}s-{self.pad_fill}{noise}-{self.pad_position}")
+        if self.strip_options:
+            parts.append("no_options")
+        if self.ablation != "none":
+            parts.append(self.ablation)
+        if self.prompt_template is not None:
+            parts.append(f"prompt{stable_seed(self.prompt_template) % 16**6:06x}")
+        return "-".join(parts) or "original"
+
+    def params(self) -> dict[str, Any]:
+        """The variant's settings as JSON-serialisable fields (name included)."""
+        return asdict(self)
+
+    def apply_audio(self, wav: np.ndarray, question_id: str) -> PaddedAudio:
+        if self.pad_seconds is None:
+            return PaddedAudio(wav=wav, longer_than_target=False, clip_start=0)
+        return pad_to_duration(
+            wav,
+            self.pad_seconds,
+            fill=self.pad_fill,
+            position=self.pad_position,
+            noise_dbfs=self.noise_dbfs,
+            seed=stable_seed(question_id),
+        )
+
+    def apply_question(self, question: str) -> str:
+        return strip_options(question) if self.strip_options else question
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass
+class VariantSweep:
+    """Every combination of the listed settings, as one config entry.
+
+    Settings that do not apply are collapsed: without padding, fill/position/noise level are not
+    swept, and ``noise_dbfs`` only multiplies ``noise`` fills.
+    """
+
+    pad_seconds: list[float | None] = field(default_factory=lambda: [None])
+    pad_fill: list[PadFill] = field(default_factory=lambda: ["zero"])
+    pad_position: list[PadPosition] = field(default_factory=lambda: ["early"])
+    noise_dbfs: list[float] = field(default_factory=lambda: [-40.0])
+    strip_options: list[bool] = field(default_factory=lambda: [False])
+    ablation: list[Ablation] = field(default_factory=lambda: ["none"])
+    prompt_template: list[str | None] = field(default_factory=lambda: [None])
+
+    def expand(self) -> list[Variant]:
+        variants: dict[str, Variant] = {}
+        for seconds, fill, position, dbfs, strip, ablation, template in itertools.product(
+            self.pad_seconds,
+            self.pad_fill,
+            self.pad_position,
+            self.noise_dbfs,
+            self.strip_options,
+            self.ablation,
+            self.prompt_template,
+        ):
+            if seconds is None:
+                fill, position, dbfs = "zero", "early", -40.0
+            elif fill != "noise":
+                dbfs = -40.0
+            variant = Variant(
+                pad_seconds=seconds,
+                pad_fill=fill,
+                pad_position=position,
+                noise_dbfs=dbfs,
+                strip_options=strip,
+                ablation=ablation,
+                prompt_template=template,
+            )
+            variants.setdefault(variant.name, variant)
+        return list(variants.values())
+
+
+def resolve_variants(variants: list[Variant] | None = None, sweep: VariantSweep | None = None) -> list[Variant]:
+    """Listed variants followed by the sweep's; the unmodified benchmark when neither is given.
+
+    Names must be unique because they key the results.
+    """
+    resolved = list(variants or []) + (sweep.expand() if sweep is not None else [])
+    if not resolved:
+        resolved = [Variant()]
+    seen: set[str] = set()
+    for variant in resolved:
+        if variant.name in seen:
+            raise ValueError(f"variant name {variant.name!r} is used twice; give one of them another name")
+        seen.add(variant.name)
+    return resolved

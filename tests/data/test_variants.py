@@ -1,0 +1,171 @@
+"""Study variants: padding length/position/fill checked on sample values, option stripping, naming."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from golden import SAKURA_MINI
+
+from salmonn_pl.data.variants import (
+    Variant,
+    VariantSweep,
+    pad_to_duration,
+    resolve_variants,
+    stable_seed,
+    strip_options,
+)
+
+SR = 16_000
+
+
+def _clip(n: int = 8000) -> np.ndarray:
+    # Nonzero, distinct values so the clip can be located exactly inside the padded wav.
+    return 0.5 + 0.4 * np.sin(np.arange(n) * 0.01)
+
+
+@pytest.mark.parametrize("seconds", [1.5, 15, 30])
+@pytest.mark.parametrize("position", ["early", "middle", "late"])
+def test_zero_padding_puts_the_clip_in_place(seconds: float, position: str):
+    clip = _clip()
+    out = pad_to_duration(clip, seconds, fill="zero", position=position)
+    target = int(round(seconds * SR))
+    missing = target - len(clip)
+    expected_start = {"early": 0, "middle": missing // 2, "late": missing}[position]
+
+    assert len(out.wav) == target and out.wav.dtype == np.float64
+    assert not out.longer_than_target and out.clip_start == expected_start
+    np.testing.assert_array_equal(out.wav[expected_start : expected_start + len(clip)], clip)
+    padding = np.concatenate([out.wav[:expected_start], out.wav[expected_start + len(clip) :]])
+    assert len(padding) == missing and not padding.any()
+    if position == "middle":  # split evenly: the two sides differ by at most one sample
+        assert abs(expected_start - (missing - expected_start)) <= 1
+
+
+@pytest.mark.parametrize("position", ["early", "middle", "late"])
+@pytest.mark.parametrize("dbfs", [-20.0, -40.0])
+def test_noise_padding_has_the_requested_level_and_is_seeded(position: str, dbfs: float):
+    clip = _clip()
+    out = pad_to_duration(clip, 15, fill="noise", position=position, noise_dbfs=dbfs, seed=123)
+    start = out.clip_start
+    np.testing.assert_array_equal(out.wav[start : start + len(clip)], clip)
+    noise = np.concatenate([out.wav[:start], out.wav[start + len(clip) :]])
+    assert len(noise) == 15 * SR - len(clip)
+
+    rms = np.sqrt(np.mean(noise**2))
+    assert abs(20 * np.log10(rms) - dbfs) < 0.1
+    assert abs(noise.mean()) < 0.01 * rms * 10  # zero-mean
+    spectrum = np.abs(np.fft.rfft(noise)) ** 2  # white: flat spectrum, low and high halves alike
+    low, high = spectrum[1 : len(spectrum) // 2].mean(), spectrum[len(spectrum) // 2 :].mean()
+    assert 0.9 < low / high < 1.1
+
+    again = pad_to_duration(clip, 15, fill="noise", position=position, noise_dbfs=dbfs, seed=123)
+    np.testing.assert_array_equal(again.wav, out.wav)
+    other = pad_to_duration(clip, 15, fill="noise", position=position, noise_dbfs=dbfs, seed=124)
+    assert not np.array_equal(other.wav, out.wav)
+
+
+def test_clip_longer_than_target_is_left_as_is_and_flagged():
+    clip = _clip(20 * SR)
+    out = pad_to_duration(clip, 15, fill="noise", position="late")
+    assert out.longer_than_target and out.wav is clip
+    exact = pad_to_duration(_clip(15 * SR), 15, fill="noise")
+    assert not exact.longer_than_target and len(exact.wav) == 15 * SR
+
+
+def test_bad_padding_arguments_are_rejected():
+    with pytest.raises(ValueError, match="fill"):
+        pad_to_duration(_clip(), 2, fill="pink")
+    with pytest.raises(ValueError, match="position"):
+        pad_to_duration(_clip(), 2, position="end")
+    with pytest.raises(ValueError, match="positive"):
+        Variant(pad_seconds=0)
+
+
+def test_variant_noise_is_seeded_by_question_id():
+    variant = Variant(pad_seconds=3, pad_fill="noise", pad_position="late")
+    a1 = variant.apply_audio(_clip(), "Animal/single/cat2.wav").wav
+    a2 = variant.apply_audio(_clip(), "Animal/single/cat2.wav").wav
+    b = variant.apply_audio(_clip(), "Animal/multi/cat2.wav").wav
+    np.testing.assert_array_equal(a1, a2)
+    assert not np.array_equal(a1, b)
+
+
+def test_stable_seed_does_not_depend_on_the_process():
+    code = "from salmonn_pl.data.variants import stable_seed; print(stable_seed('Gender/multi/x.wav'))"
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True
+        ).stdout.strip()
+        for seed in ("1", "2")
+    }
+    assert outputs == {str(stable_seed("Gender/multi/x.wav"))}
+
+
+def _sakura_mini_questions() -> list[str]:
+    if not SAKURA_MINI.is_dir():
+        pytest.skip(f"no sakura-mini at {SAKURA_MINI}")
+    questions = []
+    for path in sorted(SAKURA_MINI.glob("data/*/metadata.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                questions += [row["single_instruction"], row["multi_instruction"]]
+    return questions
+
+
+def test_strip_options_handles_every_sakura_mini_question():
+    questions = _sakura_mini_questions()
+    assert len(questions) == 192
+    for question in questions:
+        stripped = strip_options(question)
+        removed = question[len(stripped) :]
+        assert question.startswith(stripped) and len(stripped) > 20, question
+        assert "(a)" not in stripped and "(b)" not in stripped, question
+        # Everything removed is the option list: it starts at (a) and holds every option marker.
+        assert removed.lstrip().startswith("(a)"), question
+        n_options = question.count("(") - stripped.count("(")
+        assert n_options >= 2 and all(f"({chr(97 + k)})" in removed for k in range(n_options)), question
+
+
+def test_strip_options_on_other_layouts():
+    assert strip_options("Which one?\n(a) cat\n(b) dog\n(c) cow") == "Which one?"
+    assert strip_options("Pick (a) or (b) below: (a) yes (b) no") == "Pick (a) or (b) below:"
+    with pytest.raises(ValueError, match="no '\\(a\\) ... \\(b\\) ...' option list"):
+        strip_options("What animal is this?")
+
+
+def test_sweep_expands_to_named_variants():
+    sweep = VariantSweep(pad_seconds=[15, 30], pad_fill=["zero", "noise"], pad_position=["early", "middle", "late"])
+    variants = sweep.expand()
+    names = [v.name for v in variants]
+    assert len(names) == 12 == len(set(names))
+    assert "pad30s-noise-late" in names and "pad15s-zero-middle" in names
+    late30 = variants[names.index("pad30s-noise-late")]
+    assert (late30.pad_seconds, late30.pad_fill, late30.pad_position) == (30, "noise", "late")
+
+    # Settings that do not apply are not multiplied.
+    no_pad = VariantSweep(pad_seconds=[None, 30], pad_fill=["zero", "noise"], strip_options=[False, True]).expand()
+    assert [v.name for v in no_pad] == [
+        "original",
+        "no_options",
+        "pad30s-zero-early",
+        "pad30s-zero-early-no_options",
+        "pad30s-noise-early",
+        "pad30s-noise-early-no_options",
+    ]
+    levels = VariantSweep(pad_seconds=[30], pad_fill=["noise"], noise_dbfs=[-40, -60]).expand()
+    assert [v.name for v in levels] == ["pad30s-noise-early", "pad30s-noise-60dB-early"]
+
+
+def test_variant_names_and_resolution():
+    assert Variant().name == "original"
+    assert Variant(ablation="zero_beats").name == "zero_beats"
+    assert Variant(pad_seconds=2.5, pad_fill="noise", pad_position="middle").name == "pad2.5s-noise-middle"
+    assert Variant(name="custom", pad_seconds=30).name == "custom"
+    assert [v.name for v in resolve_variants()] == ["original"]
+    resolved = resolve_variants([Variant()], VariantSweep(pad_seconds=[30]))
+    assert [v.name for v in resolved] == ["original", "pad30s-zero-early"]
+    with pytest.raises(ValueError, match="used twice"):
+        resolve_variants([Variant(), Variant(strip_options=False)])
