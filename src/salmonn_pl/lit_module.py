@@ -20,7 +20,8 @@ from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import trainable_state_dict
 from salmonn_pl.model.llm import set_lora_scale
-from salmonn_pl.model.salmonn import Ablation, PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.data.variants import Ablation
+from salmonn_pl.model.salmonn import PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.training.objectives import Objectives, margin_penalty
 from salmonn_pl.training.schedule import OptimSettings, build_optimizer
 
@@ -80,7 +81,7 @@ class SalmonnModule(L.LightningModule):
     # -- shared ------------------------------------------------------------------------------
     def encode(self, batch: dict, ablation: Ablation | None = None) -> torch.Tensor | None:
         ablation = ablation or self.ablation
-        if ablation == "no_audio_tokens":
+        if ablation == "no_audio":
             return None
         out = self.salmonn.encode_audio(
             batch["spectrogram"],

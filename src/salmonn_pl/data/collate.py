@@ -12,7 +12,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
-from salmonn_pl.data.audio import prepare_official
+from salmonn_pl.data.audio import MAX_SAMPLES, SAMPLE_RATE, prepare_official
 from salmonn_pl.data.features import whisper_log_mel
 
 
@@ -47,8 +47,11 @@ class SpeechCollator:
     :func:`salmonn_pl.data.features.whisper_log_mel`); the spectrogram is float32 either way.
     """
 
-    def __init__(self, feature_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, feature_dtype: torch.dtype = torch.float32, max_seconds: float = 30.0) -> None:
         self.feature_dtype = feature_dtype
+        # 30 s is the official cut. Longer keeps more raw audio for the model's chunked long-audio
+        # path; the spectrogram always covers the first 30 s.
+        self.max_samples = int(round(max_seconds * SAMPLE_RATE))
 
     def __call__(self, examples: list[Example]) -> Batch:
         if not examples:
@@ -56,7 +59,7 @@ class SpeechCollator:
         for example in examples:
             _check_example(example)
 
-        wavs = [prepare_official(np.asarray(example["audio"], dtype=np.float64)) for example in examples]
+        wavs = [self._prepare(np.asarray(example["audio"], dtype=np.float64)) for example in examples]
         wav_lengths = torch.tensor([len(wav) for wav in wavs], dtype=torch.long)
         raw_wav = torch.empty(len(wavs), int(wav_lengths.max()), dtype=torch.float64)
         for row, wav in enumerate(wavs):
@@ -74,6 +77,12 @@ class SpeechCollator:
             id=[example["id"] for example in examples],
             meta=[example["meta"] for example in examples],
         )
+
+
+    def _prepare(self, wav: np.ndarray) -> np.ndarray:
+        if self.max_samples <= MAX_SAMPLES:
+            return prepare_official(wav)[: self.max_samples]
+        return prepare_official(wav[: self.max_samples]) if len(wav) <= MAX_SAMPLES else wav[: self.max_samples]
 
 
 def _check_example(example: Example) -> None:

@@ -134,6 +134,8 @@ class SakuraDataModule(L.LightningDataModule):
             channel average (``mean``).
         layout: ``release`` (metadata.csv/json + wav), ``parquet`` (Hugging Face copy) or ``auto``.
         feature_dtype: compute precision of the Whisper log-mel.
+        max_audio_seconds: raw audio kept per clip; above 30 s the model encodes 30 s chunks
+            (set the model's ``max_audio_seconds`` to the same value), e.g. for long-audio variants.
     """
 
     def __init__(
@@ -151,6 +153,7 @@ class SakuraDataModule(L.LightningDataModule):
         channel: ChannelPolicy = "first",
         layout: Layout = "auto",
         feature_dtype: Literal["float32", "float64"] = "float32",
+        max_audio_seconds: float = 30.0,
     ) -> None:
         super().__init__()
         check_prompt_template(prompt_template)
@@ -165,7 +168,7 @@ class SakuraDataModule(L.LightningDataModule):
         self.on_error = on_error
         self.channel = channel
         self.layout = layout
-        self.collator = SpeechCollator(feature_dtype=getattr(torch, feature_dtype))
+        self.collator = SpeechCollator(feature_dtype=getattr(torch, feature_dtype), max_seconds=max_audio_seconds)
         self.questions: list[SakuraQuestion] = []
         self.skipped: list[Skipped] = []
         self.dataset: SakuraDataset | None = None

@@ -29,8 +29,9 @@ DEFAULT_PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {question}\nASSIS
 
 PadFill = Literal["zero", "noise"]
 PadPosition = Literal["early", "middle", "late"]
-# Encoder ablations are applied by the model to the encoder outputs; the data only carries the name.
-Ablation = Literal["none", "zero_beats", "zero_whisper", "zero_audio"]
+# Encoder ablations are applied by the model (see Salmonn.encode_audio); the data only carries the
+# name. zero_audio zeroes every audio token the LLM sees; no_audio removes them (text-only prompt).
+Ablation = Literal["none", "zero_beats", "zero_whisper", "zero_audio", "no_audio"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ class Variant:
 
     ``pad_seconds=None`` keeps the clip as released; ``pad_fill``, ``pad_position`` and ``noise_dbfs``
     then have no effect. ``ablation`` names the encoder output the model zeroes for this variant
-    (``zero_beats``, ``zero_whisper`` or ``zero_audio`` for every audio token, i.e. text only).
+    (``zero_beats``, ``zero_whisper``, ``zero_audio`` for every audio token, or ``no_audio`` for a
+    text-only prompt without audio tokens).
     ``prompt_template`` replaces the data module's template for this variant (``None`` keeps it).
     """
 

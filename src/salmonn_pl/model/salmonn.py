@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from salmonn_pl.data.features import whisper_log_mel
+from salmonn_pl.data.variants import Ablation
 from salmonn_pl.generation.decode import GenerationSettings, generate
 from salmonn_pl.model.beats import BEATs
 from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
@@ -33,9 +35,10 @@ from salmonn_pl.model.whisper import load_whisper_encoder
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
 
 SPEECH_PLACEHOLDER = "<SpeechHere>"
+SAMPLE_RATE = 16000
+CHUNK_SAMPLES = 30 * SAMPLE_RATE
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-Ablation = Literal["none", "zero_beats", "zero_whisper", "zero_audio_tokens", "no_audio_tokens"]
 PaddingSide = Literal["left", "right"]
 
 
@@ -77,6 +80,9 @@ class SalmonnConfig:
     # "per_clip": every clip's BEATs tokens equal a batch of one (default). "official": the
     # official batched path, whose token mask is misaligned (see BEATs.extract_features).
     beats_batching: Literal["per_clip", "official"] = "per_clip"
+    # Audio longer than Whisper's 30 s window: encode consecutive 30 s chunks with both encoders and
+    # concatenate their audio tokens (88 per chunk by default), up to this many seconds. 30 = official.
+    max_audio_seconds: float = 30.0
 
 
 @dataclass
@@ -158,16 +164,27 @@ class Salmonn(nn.Module):
         wav_lengths: torch.Tensor | None = None,
         ablation: Ablation = "none",
         output_attentions: bool = False,
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict:
         """Audio tokens for the LLM, ``[B, n_tokens, llm_width]``, and the intermediate streams.
 
         Ablations act on the encoder *outputs*, before the connector's LayerNorms:
         ``zero_whisper`` / ``zero_beats`` replace that encoder's last hidden states by zeros (the
         Q-Former then sees the LayerNorm bias, a constant that carries no audio);
-        ``zero_audio_tokens`` zeroes the projected audio tokens the LLM receives (the sequence
-        keeps its length and positions); ``no_audio_tokens`` removes them from the prompt
-        altogether (text-only; handled in :meth:`assemble`).
+        ``zero_audio`` zeroes the projected audio tokens the LLM receives (the sequence keeps its
+        length and positions); ``no_audio`` removes them from the prompt altogether (text-only;
+        the caller passes ``audio_tokens=None`` to :meth:`assemble`).
+
+        When ``max_audio_seconds`` exceeds 30 and a clip in the batch is longer than 30 s, every clip
+        is cut into 30 s chunks and ``audio_tokens`` becomes a list with one ``[n_chunks_i * 88,
+        llm_width]`` tensor per clip (see :meth:`encode_long_audio`).
         """
+        if (
+            self.config.max_audio_seconds > 30.0
+            and raw_wav is not None
+            and wav_lengths is not None
+            and int(wav_lengths.max()) > CHUNK_SAMPLES
+        ):
+            return self.encode_long_audio(raw_wav, wav_lengths, ablation)
         with self.autocast():
             whisper_out = self.whisper(spectrogram.to(self.whisper.conv1.weight.dtype)).last_hidden_state
             beats_out = beats_mask = None
@@ -185,11 +202,36 @@ class Salmonn(nn.Module):
             if ablation == "zero_beats" and beats_out is not None:
                 beats_out = torch.zeros_like(beats_out)
             out = self.connector(whisper_out, beats_out, beats_mask, output_attentions=output_attentions)
-        if ablation == "zero_audio_tokens":
+        if ablation == "zero_audio":
             out["audio_tokens"] = torch.zeros_like(out["audio_tokens"])
         out["whisper_out"] = whisper_out
         if beats_out is not None:
             out["beats_out"] = beats_out
+        return out
+
+    def encode_long_audio(self, raw_wav: torch.Tensor, wav_lengths: torch.Tensor, ablation: Ablation = "none") -> dict:
+        """Encode each clip as consecutive 30 s chunks (at most ``max_audio_seconds``) and concatenate.
+
+        Every chunk goes through exactly the 30 s path (padded to >= 1 s, Whisper log-mel of 30 s,
+        BEATs on the chunk's own samples), so a clip under 30 s gets the same tokens either way.
+        """
+        limit = int(round(self.config.max_audio_seconds * SAMPLE_RATE))
+        chunks, owners = [], []
+        for b in range(raw_wav.size(0)):
+            n = min(int(wav_lengths[b]), limit)
+            for start in range(0, max(n, 1), CHUNK_SAMPLES):
+                chunks.append(raw_wav[b, start : min(n, start + CHUNK_SAMPLES)])
+                owners.append(b)
+        lengths = torch.tensor([max(len(c), SAMPLE_RATE) for c in chunks], device=raw_wav.device)
+        padded = raw_wav.new_zeros(len(chunks), int(lengths.max()))
+        for i, c in enumerate(chunks):
+            padded[i, : len(c)] = c
+        spectrogram = whisper_log_mel(padded, lengths)
+        mask = torch.arange(padded.size(1), device=padded.device)[None, :] >= lengths[:, None]
+        out = self.encode_audio(spectrogram, padded, mask, lengths, ablation=ablation)
+        owners_t = torch.tensor(owners, device=raw_wav.device)
+        out["audio_tokens"] = [out["audio_tokens"][owners_t == b].flatten(0, 1) for b in range(raw_wav.size(0))]
+        out["chunks_per_clip"] = torch.bincount(owners_t, minlength=raw_wav.size(0))
         return out
 
     # -- LLM input ---------------------------------------------------------------------------
@@ -205,22 +247,31 @@ class Salmonn(nn.Module):
     def assemble(
         self,
         prompts: list[str],
-        audio_tokens: torch.Tensor | None,
+        audio_tokens: torch.Tensor | list[torch.Tensor] | None,
         targets: list[str] | None = None,
         padding_side: PaddingSide = "left",
     ) -> LLMInputs:
         """``[<s>, prompt before, audio, prompt after, (target </s>)]`` per row, padded to a batch.
 
-        ``audio_tokens=None`` builds the text-only prompt (no audio tokens at all).
+        ``audio_tokens`` is ``[B, n, H]``, or a list of ``[n_i, H]`` when clips have different token
+        counts (long audio); ``None`` builds the text-only prompt (no audio tokens at all).
         """
         pad, bos = self.tokenizer.pad_token_id, self.tokenizer.bos_token_id
-        n_audio = 0 if audio_tokens is None else audio_tokens.size(1)
+        if audio_tokens is None:
+            n_audio_rows = [0] * len(prompts)
+        elif isinstance(audio_tokens, torch.Tensor):
+            n_audio_rows = [audio_tokens.size(1)] * len(prompts)
+        else:
+            n_audio_rows = [t.size(0) for t in audio_tokens]
         parts = [self.split_prompt(p) for p in prompts]
         tgt = [self.target_ids(t) for t in targets] if targets is not None else [[] for _ in prompts]
 
         rows: list[tuple[list[int], list[int], list[int]]] = []  # ids, mask, labels
         if padding_side == "right":
             # Official layout: prompt-after right-padded in the middle, targets right-padded.
+            if len(set(n_audio_rows)) != 1:
+                raise ValueError("right padding needs the same number of audio tokens in every row")
+            n_audio = n_audio_rows[0]
             max_after = max(len(a) for _, a in parts)
             max_tgt = max(len(t) for t in tgt)
             for (before, after), t in zip(parts, tgt):
@@ -237,7 +288,7 @@ class Salmonn(nn.Module):
                 raise ValueError("right padding needs the same text before <SpeechHere> in every row")
         else:
             seqs = []
-            for (before, after), t in zip(parts, tgt):
+            for (before, after), t, n_audio in zip(parts, tgt, n_audio_rows):
                 ids = [bos] + before + [pad] * n_audio + after + t
                 labels = [-100] * (len(ids) - len(t)) + t
                 seqs.append((ids, labels))
@@ -256,11 +307,12 @@ class Salmonn(nn.Module):
         for i, (before, _) in enumerate(parts):
             start = (len(rows[i][1]) - sum(rows[i][1])) if padding_side == "left" else 0
             start += 1 + len(before)
-            audio_mask[i, start : start + n_audio] = True
+            audio_mask[i, start : start + n_audio_rows[i]] = True
 
         embeds = embed_tokens(self.llm)(ids)
-        if n_audio:
-            embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), audio_tokens.to(embeds.dtype))
+        if any(n_audio_rows):
+            flat = audio_tokens.flatten(0, 1) if isinstance(audio_tokens, torch.Tensor) else torch.cat(list(audio_tokens))
+            embeds = embeds.masked_scatter(audio_mask.unsqueeze(-1), flat.to(embeds.dtype))
         position_ids = None if padding_side == "right" else (mask.cumsum(-1) - 1).clamp(min=0)
         return LLMInputs(embeds, mask, labels, position_ids, audio_mask)
 
