@@ -49,6 +49,9 @@ class GenerationSettings:
     top_k: int = 50
     repetition_penalty: float = 1.0
     length_penalty: float = 1.0
+    # Beam search: the n best hypotheses per item; sampling: n samples per item. Returned rows are
+    # grouped by item (item 0's n answers, then item 1's, ...).
+    num_return_sequences: int = 1
     stop_on_first_row_eos: bool = False
     # None: taken from the model's generation_config (LLaMA: bos 1, eos 2, pad 0).
     bos_token_id: int | None = None
@@ -84,7 +87,9 @@ class ScoreHook:
 
 @dataclass
 class DecodeOutput:
-    sequences: list[list[int]]  # generated ids per batch row, without the dummy <s> and without padding
+    # Generated ids per returned row (batch item x num_return_sequences, grouped by item), without the
+    # dummy <s> and without padding.
+    sequences: list[list[int]]
     sequence_scores: list[float] | None = None  # beam search: sum log-prob / len(hyp incl. dummy <s>)**lp
     hidden_states: list[torch.Tensor] | None = None  # per row [len(sequence), H], when collected
 
@@ -114,17 +119,28 @@ def generate(
         raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
     if settings.num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {settings.num_beams}")
+    _check_num_return_sequences(settings)
     ids = _special_ids(model, settings)
     processors = _processors(settings, ids.eos, logits_processors, inputs_embeds.device)
     warpers = _warpers(settings) if settings.do_sample else None
 
-    lm = _CachedLM(model, need_hidden=collect_hidden_states or score_hook is not None)
+    lm = CachedLM(model, need_hidden=collect_hidden_states or score_hook is not None)
     logits, hidden = lm.prefill(inputs_embeds, attention_mask)
     loop = _greedy_or_sample if settings.num_beams == 1 else _beam_search
     return loop(lm, logits, hidden, settings, ids, processors, warpers, score_hook, collect_hidden_states, generator)
 
 
 # ----------------------------------------------------------------------------------------------- setup
+
+
+def _check_num_return_sequences(settings: GenerationSettings) -> None:
+    n = settings.num_return_sequences
+    if n < 1:
+        raise ValueError(f"num_return_sequences must be >= 1, got {n}")
+    if settings.num_beams > 1 and n > settings.num_beams:
+        raise ValueError(f"num_return_sequences ({n}) cannot exceed num_beams ({settings.num_beams})")
+    if settings.num_beams == 1 and n > 1 and not settings.do_sample:
+        raise ValueError(f"num_return_sequences={n} needs beam search (num_beams >= {n}) or sampling (do_sample)")
 
 
 @dataclass
@@ -176,8 +192,13 @@ def _warpers(settings: GenerationSettings) -> LogitsProcessorList:
     return warpers
 
 
-class _CachedLM:
-    """One causal LM with its KV cache and the attention mask / positions that go with it."""
+class CachedLM:
+    """One causal LM with its KV cache and the attention mask / positions that go with it.
+
+    :func:`generate` drives one; a :class:`ScoreHook` may drive a second one in lockstep (e.g. the
+    same LLM on a prompt without audio tokens), calling :meth:`repeat_rows`, :meth:`reorder` and
+    :meth:`step` as the main loop does.
+    """
 
     def __init__(self, model: torch.nn.Module, need_hidden: bool):
         self.model = model
@@ -226,7 +247,7 @@ class _CachedLM:
 
 
 def _greedy_or_sample(
-    lm: _CachedLM,
+    lm: CachedLM,
     logits: torch.Tensor,
     hidden: torch.Tensor | None,
     settings: GenerationSettings,
@@ -237,6 +258,10 @@ def _greedy_or_sample(
     collect_hidden: bool,
     generator: torch.Generator | None,
 ) -> DecodeOutput:
+    if settings.num_return_sequences > 1:  # several samples per item, as 4.28 expanded the inputs
+        lm.repeat_rows(settings.num_return_sequences)
+        logits = logits.repeat_interleave(settings.num_return_sequences, dim=0)
+        hidden = hidden.repeat_interleave(settings.num_return_sequences, dim=0) if hidden is not None else None
     batch = logits.shape[0]
     device = logits.device
     input_ids = torch.full((batch, 1), ids.bos, dtype=torch.long, device=device)
@@ -310,13 +335,14 @@ class _Hypotheses:
             return False
         return self.worst_score >= best_sum_logprobs / cur_len**self.length_penalty
 
-    def best(self) -> _Hypothesis:
-        # sorted() is stable, so among equal scores the last added wins, as in 4.28's finalize.
-        return sorted(self.beams, key=lambda h: h.score)[-1]
+    def best(self, n: int) -> list[_Hypothesis]:
+        """The ``n`` best, best first. sorted() is stable and 4.28's finalize pops from the end, so among
+        equal scores the last added comes first."""
+        return sorted(self.beams, key=lambda h: h.score)[::-1][:n]
 
 
 def _beam_search(
-    lm: _CachedLM,
+    lm: CachedLM,
     logits: torch.Tensor,
     hidden: torch.Tensor | None,
     settings: GenerationSettings,
@@ -416,7 +442,7 @@ def _beam_search(
             hypotheses[b].add(input_ids[row], beam_scores[row].item(), ends_with_eos=False,
                               hidden=beam_hidden[row] if collect_hidden else None)
 
-    best = [h.best() for h in hypotheses]
+    best = [hyp for h in hypotheses for hyp in h.best(settings.num_return_sequences)]
     sequences = [h.tokens[1:].tolist() + ([ids.eos] if h.ends_with_eos else []) for h in best]
     hidden_states = [h.hidden for h in best] if collect_hidden else None
     return DecodeOutput(sequences=sequences, sequence_scores=[h.score for h in best], hidden_states=hidden_states)

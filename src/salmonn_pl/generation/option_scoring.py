@@ -1,0 +1,231 @@
+"""Multiple-choice answers by option likelihood: no generation and no judge needed.
+
+Each option is scored as the answer the model would write after ``ASSISTANT:`` (``"(c) dog"``, or
+``"dog"`` alone), by its log-likelihood given the prompt and the audio, optionally per token. Two
+corrections target priors that do not come from the audio:
+
+* calibration by the text-only likelihood (the same prompt with the audio tokens removed):
+  ``"pmi"`` scores ``log p(option | audio, question) - log p(option | question)``; ``"divide"``
+  turns both likelihoods into probabilities over the options, divides the first by the second and
+  renormalises (contextual calibration). The two rank the options of one prompt alike; they differ
+  once averaged over permutations;
+* permutation debiasing: for K options, the question is asked in its K cyclic option orders (each
+  option takes every letter once), every option is scored in every order, and its scores are
+  averaged, so a preference for a letter or a position cancels out.
+
+All (question x order x option) rows, with and without audio, go through the LLM in batches of
+``max_rows_per_forward``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from salmonn_pl.data.annotations import ParsedQuestion, option_letter, parse_question
+from salmonn_pl.model.salmonn import PaddingSide, Salmonn
+
+
+@dataclass
+class OptionScoringSettings:
+    answer_format: Literal["label_text", "text"] = "label_text"  # "(c) dog" or "dog"
+    length_normalization: Literal["none", "mean"] = "mean"  # "mean": log-likelihood per token
+    score_end_of_answer: bool = True  # include the </s> that ends the answer in its likelihood
+    calibration: Literal["none", "pmi", "divide"] = "none"
+    permutations: Literal["none", "cyclic"] = "none"
+    max_rows_per_forward: int = 64
+
+
+@dataclass
+class OptionScores:
+    """The scored options of one question, in the question's own order."""
+
+    options: list[str]
+    scores: list[float]  # the ranking score (higher is better), averaged over option orders
+    audio_loglik: list[float]  # (length-normalised) log-likelihood with audio, averaged over orders
+    text_loglik: list[float] | None  # the same without audio, when calibrating
+    ranking: list[int]  # option positions, best first
+    choice: str  # the best option as a SAKURA answer, "(c) dog"
+
+    def to_record(self) -> dict[str, Any]:
+        """JSON-ready fields for a predictions file."""
+        labels = [f"({option_letter(i)}) {text}" for i, text in enumerate(self.options)]
+        record: dict[str, Any] = {
+            "choice": self.choice,
+            "option_scores": dict(zip(labels, self.scores)),
+            "option_loglik_audio": dict(zip(labels, self.audio_loglik)),
+        }
+        if self.text_loglik is not None:
+            record["option_loglik_text"] = dict(zip(labels, self.text_loglik))
+        return record
+
+
+@dataclass
+class _Row:
+    """One option of one question in one option order."""
+
+    question: int
+    order: int
+    option: int  # position in the question's original order
+    prompt: str
+    answer: str
+
+
+@torch.no_grad()
+def score_options(
+    salmonn: Salmonn,
+    prompts: list[str],
+    questions: list[str],
+    audio_tokens: torch.Tensor | None,
+    settings: OptionScoringSettings | None = None,
+    padding_side: PaddingSide = "left",
+    ids: list[str] | None = None,
+) -> list[OptionScores]:
+    """Score the options of each ``questions[i]`` (which must appear verbatim in ``prompts[i]``).
+
+    ``audio_tokens [B, n, H]`` are the prompts' audio tokens (``None``: text-only prompts); ``ids`` name
+    the questions in error messages.
+    """
+    settings = settings or OptionScoringSettings()
+    _check(settings)
+    if len(prompts) != len(questions):
+        raise ValueError(f"score_options got {len(prompts)} prompts but {len(questions)} questions")
+    names = ids or [f"question {i}" for i in range(len(questions))]
+    parsed = [_parse(q, p, name) for q, p, name in zip(questions, prompts, names)]
+    rows = _rows(prompts, questions, parsed, settings)
+
+    audio_loglik = _loglik(salmonn, rows, audio_tokens, settings, padding_side)
+    text_loglik = None
+    if settings.calibration != "none":
+        text_loglik = _loglik(salmonn, rows, None, settings, padding_side)
+
+    results = []
+    for q, question in enumerate(parsed):
+        k = len(question.options)
+        # [orders, K] in original option positions
+        index = torch.tensor([i for i, r in enumerate(rows) if r.question == q]).view(-1, k)
+        options_of_rows = torch.tensor([rows[i].option for i in index.flatten().tolist()]).view_as(index)
+        audio = _to_original_order(audio_loglik[index], options_of_rows)
+        text = _to_original_order(text_loglik[index], options_of_rows) if text_loglik is not None else None
+        scores = _calibrate(audio, text, settings.calibration).mean(dim=0)
+        ranking = sorted(range(k), key=lambda i: -scores[i].item())  # stable: ties keep option order
+        best = ranking[0]
+        results.append(
+            OptionScores(
+                options=list(question.options),
+                scores=scores.tolist(),
+                audio_loglik=audio.mean(dim=0).tolist(),
+                text_loglik=text.mean(dim=0).tolist() if text is not None else None,
+                ranking=ranking,
+                choice=f"({option_letter(best)}) {question.options[best]}",
+            )
+        )
+    return results
+
+
+def _check(settings: OptionScoringSettings) -> None:
+    allowed = {
+        "answer_format": ("label_text", "text"),
+        "length_normalization": ("none", "mean"),
+        "calibration": ("none", "pmi", "divide"),
+        "permutations": ("none", "cyclic"),
+    }
+    for name, choices in allowed.items():
+        if getattr(settings, name) not in choices:
+            raise ValueError(f"OptionScoringSettings.{name} must be one of {choices}, got {getattr(settings, name)!r}")
+    if settings.max_rows_per_forward < 1:
+        raise ValueError(
+            f"OptionScoringSettings.max_rows_per_forward must be >= 1, got {settings.max_rows_per_forward}"
+        )
+
+
+def _parse(question: str, prompt: str, name: str) -> ParsedQuestion:
+    parsed = parse_question(question)
+    if parsed is None:
+        raise ValueError(f"{name}: question has no '(a) ... (b) ...' options to score: {question!r}")
+    count = prompt.count(question)
+    if count != 1:
+        raise ValueError(f"{name}: the question must appear exactly once in the prompt, found {count} times; "
+                         f"question {question!r}, prompt {prompt!r}")
+    return parsed
+
+
+def _rows(
+    prompts: list[str], questions: list[str], parsed: list[ParsedQuestion], settings: OptionScoringSettings
+) -> list[_Row]:
+    rows = []
+    for q, (prompt, question, p) in enumerate(zip(prompts, questions, parsed)):
+        k = len(p.options)
+        shifts = range(k) if settings.permutations == "cyclic" else range(1)
+        for shift in shifts:
+            order = [(i + shift) % k for i in range(k)]  # order[position] = original option
+            shown = prompt.replace(question, p.render([p.options[i] for i in order]))
+            for position, option in enumerate(order):
+                text = p.options[option]
+                answer = f"({option_letter(position)}) {text}" if settings.answer_format == "label_text" else text
+                rows.append(_Row(q, shift, option, shown, answer))
+    return rows
+
+
+def _loglik(
+    salmonn: Salmonn,
+    rows: list[_Row],
+    audio_tokens: torch.Tensor | None,
+    settings: OptionScoringSettings,
+    padding_side: PaddingSide,
+) -> torch.Tensor:
+    """Per-row log-likelihood of the answer (per token with ``"mean"``), float32 on the CPU.
+
+    ``audio_tokens`` has one entry per question; each row takes its question's.
+    """
+    values = []
+    step = settings.max_rows_per_forward
+    for start in range(0, len(rows), step):
+        chunk = rows[start : start + step]
+        audio = None
+        if audio_tokens is not None:
+            audio = audio_tokens[torch.tensor([r.question for r in chunk], device=audio_tokens.device)]
+        inputs = salmonn.assemble([r.prompt for r in chunk], audio, [r.answer for r in chunk], padding_side)
+        labels = inputs.labels
+        if not settings.score_end_of_answer:
+            labels = _without_last_target(labels)
+        # Only the positions that predict answer tokens need logits (a [rows, L, vocab] tensor would
+        # dominate memory for a 32k vocabulary).
+        first_target = int((labels != -100).int().argmax(dim=1).min())
+        keep = labels.shape[1] - first_target + 1
+        with salmonn.autocast():
+            logits = salmonn.llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                logits_to_keep=keep,
+            ).logits
+        logp, count = salmonn.target_logprobs(logits, labels[:, -keep:])
+        if settings.length_normalization == "mean":
+            logp = logp / count.clamp(min=1)
+        values.append(logp.float().cpu())
+    return torch.cat(values)
+
+
+def _without_last_target(labels: torch.Tensor) -> torch.Tensor:
+    positions = torch.arange(labels.shape[1], device=labels.device).expand_as(labels)
+    last = torch.where(labels != -100, positions, -1).max(dim=1).values
+    return labels.scatter(1, last[:, None].clamp(min=0), -100)
+
+
+def _to_original_order(values: torch.Tensor, options: torch.Tensor) -> torch.Tensor:
+    """``values[order, position]`` -> ``[order, original option]``."""
+    return torch.empty_like(values).scatter_(1, options, values)
+
+
+def _calibrate(audio: torch.Tensor, text: torch.Tensor | None, calibration: str) -> torch.Tensor:
+    """``[orders, K]`` log-likelihoods -> ``[orders, K]`` scores to average over orders."""
+    if calibration == "none":
+        return audio
+    if calibration == "pmi":
+        return audio - text
+    ratio = torch.softmax(audio, dim=-1) / torch.softmax(text, dim=-1)
+    return ratio / ratio.sum(dim=-1, keepdim=True)
