@@ -1,0 +1,362 @@
+"""``report.md``, the accuracy-vs-position plot and W&B logging of SAKURA results.
+
+Tables are laid out like the study's: one row per run and variant, one column per track and hop
+(animal-multi, animal-single, ..., language-single) plus their average, with SALMONN's published
+row on top for reference. Derived tables: the delta of every row against a baseline, and the
+audio-grounding gap (accuracy with audio minus accuracy of the matching text-only row, i.e. the
+variant whose audio tokens are all zeroed), both in percentage points.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from salmonn_pl.eval.metrics import (
+    AVERAGE,
+    COLUMNS,
+    PUBLISHED_SALMONN,
+    TRACKS,
+    SliceCounts,
+    Table,
+    accuracy_table,
+    count_slices,
+    difference_pp,
+    flat_metrics,
+    overall,
+    unjudged_table,
+)
+from salmonn_pl.eval.predictions import PREDICTIONS_FILE, Record, read_predictions
+
+REPORT_FILE = "report.md"
+METRICS_FILE = "metrics.json"
+POSITION_PLOT = "position_accuracy.png"
+POSITIONS = {"early": 0.0, "middle": 0.5, "late": 1.0}
+TEXT_ONLY_ABLATION = "zero_audio"
+
+
+@dataclass
+class Run:
+    """One evaluated run: its records and the figures derived from them."""
+
+    name: str
+    records: list[Record]
+    skipped: list[Any] = field(default_factory=list)  # questions the data loader left out, with reasons
+
+    def __post_init__(self) -> None:
+        self.counts: list[SliceCounts] = count_slices(self.records)
+        self.table: Table = accuracy_table(self.counts)
+        self.variant_params: dict[str, dict[str, Any]] = {}
+        for record in self.records:
+            params = (record.get("meta") or {}).get("variant_params")
+            self.variant_params.setdefault(record["variant"], params if isinstance(params, dict) else {})
+
+    @property
+    def judges(self) -> list[str]:
+        return sorted({str(r.get("judge")) for r in self.records if r.get("judge")})
+
+
+def load_run(path: str | Path, name: str | None = None) -> Run:
+    """A run from its output directory (or a predictions file); ``metrics.json`` adds skipped questions."""
+    path = Path(path)
+    run_dir = path if path.is_dir() else path.parent
+    skipped: list[Any] = []
+    metrics = run_dir / METRICS_FILE
+    if metrics.exists():
+        skipped = json.loads(metrics.read_text()).get("skipped", [])
+    return Run(name=name or (run_dir.name if path.is_dir() or path.name == PREDICTIONS_FILE else path.stem),
+               records=read_predictions(path), skipped=skipped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows, baselines and the grounding gap
+
+
+def _row_label(run: Run, variant: str, runs: Sequence[Run]) -> str:
+    return variant if len(runs) == 1 else f"{run.name} / {variant}"
+
+
+def _ablation(run: Run, variant: str) -> str:
+    return str(run.variant_params.get(variant, {}).get("ablation", "none"))
+
+
+def _audio_free_key(run: Run, variant: str, ablation: str) -> str:
+    """What a variant is apart from its ablation, to pair a text-only row with its audio row."""
+    params = run.variant_params.get(variant)
+    if params:
+        return json.dumps({k: v for k, v in params.items() if k not in ("name", "ablation")}, sort_keys=True, default=str)
+    stripped = variant.removesuffix(f"-{ablation}") if ablation != "none" else variant
+    return "original" if stripped == ablation else stripped
+
+
+def grounding_gaps(runs: Sequence[Run], text_only_run: Run | None = None,
+                   text_only_ablation: str = TEXT_ONLY_ABLATION) -> list[tuple[str, str, dict[str, float]]]:
+    """``(audio row, text-only row, gap per column)`` for every row with a text-only counterpart.
+
+    A text-only row is a variant with ``ablation == text_only_ablation``, or any row of
+    ``text_only_run``. The counterpart of a text-only row in the same run is preferred.
+    """
+    text_only: list[tuple[Run, str, str]] = []
+    for run in [*runs, *([text_only_run] if text_only_run and text_only_run not in runs else [])]:
+        for variant in run.table:
+            ablation = _ablation(run, variant)
+            if run is text_only_run or ablation == text_only_ablation:
+                text_only.append((run, variant, _audio_free_key(run, variant, ablation)))
+    everyone = [*runs, *([text_only_run] if text_only_run and text_only_run not in runs else [])]
+    gaps = []
+    for run in runs:
+        if run is text_only_run:
+            continue
+        for variant, row in run.table.items():
+            if _ablation(run, variant) != "none":
+                continue
+            key = _audio_free_key(run, variant, "none")
+            partners = [t for t in text_only if t[2] == key]
+            partners.sort(key=lambda t: t[0] is not run)
+            if partners:
+                partner_run, partner_variant, _ = partners[0]
+                gaps.append((_row_label(run, variant, everyone), _row_label(partner_run, partner_variant, everyone),
+                             difference_pp(row, partner_run.table[partner_variant])))
+    return gaps
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _fmt(value: float | int | None, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def _table(
+    first_header: str, rows: Sequence[tuple[str, Mapping[str, Any]]], columns: Sequence[str], signed: bool = False
+) -> list[str]:
+    lines = [f"| {first_header} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(_fmt(row.get(c), signed) for c in columns) + " |" for label, row in rows]
+    return lines
+
+
+def render_report(
+    runs: Sequence[Run],
+    baseline: Run | None = None,
+    baseline_variant: str | None = None,
+    text_only_run: Run | None = None,
+    text_only_ablation: str = TEXT_ONLY_ABLATION,
+    plots: Sequence[str] = (),
+) -> str:
+    """The Markdown report; ``plots`` are image paths relative to the report."""
+    columns = (*COLUMNS, AVERAGE)
+    judges = sorted({j for run in runs for j in run.judges}) or ["none"]
+    lines = [
+        "# SAKURA results",
+        "",
+        f"Judge: {', '.join(judges)}. Accuracy (%) = correct answers / questions; answers the judge could not "
+        "decide (`unjudged`) count as not correct and are listed separately.",
+        "",
+        "## Accuracy (%)",
+        "",
+    ]
+    rows: list[tuple[str, Mapping[str, Any]]] = [
+        ("SALMONN (published)", {**PUBLISHED_SALMONN, AVERAGE: sum(PUBLISHED_SALMONN.values()) / len(PUBLISHED_SALMONN)})
+    ]
+    rows += [(_row_label(run, variant, runs), row) for run in runs for variant, row in run.table.items()]
+    lines += _table("run / variant" if len(runs) > 1 else "variant", rows, columns)
+
+    summary_rows = [(run.name, overall(run.counts)) for run in runs]
+    lines += ["", "## Questions", ""]
+    lines += _table("run", summary_rows, ("questions", "correct", "incorrect", "unjudged", "accuracy"))
+
+    unjudged_rows = [(_row_label(run, v, runs), row) for run in runs for v, row in unjudged_table(run.counts).items()
+                     if any(row.values())]
+    if unjudged_rows:
+        lines += ["", "## Unjudged answers (count)", ""]
+        lines += _table("run / variant" if len(runs) > 1 else "variant", unjudged_rows, COLUMNS)
+
+    if baseline is not None:
+        lines += ["", f"## Delta vs baseline {baseline.name}{' / ' + baseline_variant if baseline_variant else ''} (%p)", ""]
+        delta_rows = []
+        for run in runs:
+            for variant, row in run.table.items():
+                reference = baseline.table.get(baseline_variant or variant)
+                if reference is not None and (run is not baseline or variant != (baseline_variant or variant)):
+                    delta_rows.append((_row_label(run, variant, runs), difference_pp(row, reference)))
+        lines += _table("run / variant", delta_rows, columns, signed=True) if delta_rows else ["No comparable rows."]
+
+    gaps = grounding_gaps(runs, text_only_run, text_only_ablation)
+    if gaps:
+        lines += ["", "## Audio-grounding gap: with audio - text only (%p)", ""]
+        lines += _table("with audio (vs text only)", [(f"{a} (vs {t})", gap) for a, t, gap in gaps], columns, signed=True)
+
+    flagged: dict[str, int] = {}
+    for run in runs:
+        for record in run.records:
+            if (record.get("meta") or {}).get("longer_than_target"):
+                label = _row_label(run, record["variant"], runs)
+                flagged[label] = flagged.get(label, 0) + 1
+    if any(flagged.values()):
+        lines += ["", "## Clips longer than the padding target (left unpadded)", ""]
+        lines += [f"- {label}: {n}" for label, n in flagged.items() if n]
+
+    skipped = [(run.name, len(run.skipped)) for run in runs if run.skipped]
+    if skipped:
+        lines += ["", "## Skipped questions (unreadable input; see metrics.json)", ""]
+        lines += [f"- {name}: {n}" for name, n in skipped]
+
+    for plot in plots:
+        lines += ["", "## Accuracy vs information position", "", f"![Accuracy vs information position]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy vs position
+
+
+def _position_series(run: Run) -> dict[str, dict[float, str]]:
+    """``{"<fill> <seconds>s": {x position: variant}}`` for the run's padded / long-audio variants."""
+    series: dict[str, dict[float, str]] = {}
+    for variant, params in run.variant_params.items():
+        if params.get("ablation", "none") != "none":
+            continue
+        position = params.get("pad_position", params.get("position"))
+        seconds = params.get("pad_seconds", params.get("total_seconds"))
+        if position is None or seconds is None:
+            continue
+        x = POSITIONS.get(position, position) if isinstance(position, str) else float(position)
+        if not isinstance(x, float):
+            continue
+        fill = params.get("pad_fill", "distractors" if "total_seconds" in params else "?")
+        series.setdefault(f"{fill} {float(seconds):g}s", {})[x] = variant
+    return series
+
+
+def _unpadded_variant(run: Run) -> str | None:
+    for variant, params in run.variant_params.items():
+        if params and params.get("pad_seconds", 0) is None and not params.get("strip_options") \
+                and params.get("ablation", "none") == "none" and "total_seconds" not in params:
+            return variant
+    return "original" if "original" in run.table else None
+
+
+def _accuracy(run: Run, variant: str, track: str | None) -> float:
+    counts = [c for c in run.counts if c.key.variant == variant and (track is None or c.key.track == track)]
+    questions = sum(c.questions for c in counts)
+    return 100.0 * sum(c.correct for c in counts) / questions if questions else float("nan")
+
+
+def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None:
+    """Accuracy vs where the information sits (early / middle / late), one line per run, fill and
+    duration; panels for all tracks together and each track (hops pooled). The dashed line is the
+    run's unpadded accuracy. Returns None when no run has positional variants."""
+    per_run = [(run, _position_series(run)) for run in runs]
+    if not any(series for _, series in per_run):
+        return None
+    present = {c.key.track for run in runs for c in run.counts}
+    tracks = [t for t in TRACKS if t in present] + sorted(present - set(TRACKS))
+    panels: list[str | None] = [None, *tracks]
+    figure = Figure(figsize=(3.6 * len(panels), 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    colors = [f"C{i}" for i in range(10)]
+    for ax, track in zip(axes, panels):
+        color_index = 0
+        for run_index, (run, series) in enumerate(per_run):
+            # Runs differ by marker and reference-line style; fills and durations by colour.
+            marker, line_style = "os^Dv"[run_index % 5], ("--", ":", "-.")[run_index % 3]
+            reference = _unpadded_variant(run)
+            run_prefix = f"{run.name}: " if len(runs) > 1 else ""
+            if reference is not None and series:
+                ax.axhline(_accuracy(run, reference, track), color="0.4", linestyle=line_style, linewidth=1,
+                           label=f"{run_prefix}{reference}")
+            for label, points in sorted(series.items()):
+                xs = sorted(points)
+                ax.plot(xs, [_accuracy(run, points[x], track) for x in xs], marker=marker,
+                        color=colors[color_index % len(colors)], label=f"{run_prefix}{label}")
+                color_index += 1
+        ax.set_title(track or "All tracks")
+        ax.set_xticks(list(POSITIONS.values()), list(POSITIONS))
+        ax.set_xlim(-0.15, 1.15)
+        ax.set_xlabel("information position")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    axes[0].set_ylim(0, 100)  # a fixed scale keeps plots of different runs comparable
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
+    figure.suptitle("SAKURA accuracy vs information position")
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def write_report(
+    runs: Sequence[Run],
+    output_dir: str | Path,
+    baseline: Run | None = None,
+    baseline_variant: str | None = None,
+    text_only_run: Run | None = None,
+    text_only_ablation: str = TEXT_ONLY_ABLATION,
+) -> Path:
+    """Write ``report.md`` (and the position plot when there are positional variants) to ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    plot = plot_position_accuracy(runs, output_dir / POSITION_PLOT)
+    text = render_report(runs, baseline, baseline_variant, text_only_run, text_only_ablation,
+                         plots=[plot.name] if plot else [])
+    path = output_dir / REPORT_FILE
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights & Biases
+
+
+class SakuraWandbLogger(WandbLogger):
+    """Lightning's WandbLogger, offline unless ``online=True``: runs log without an account and
+    can be uploaded later with ``wandb sync``."""
+
+    def __init__(self, project: str = "salmonn-pl", save_dir: str = ".", online: bool = False, **kwargs: Any) -> None:
+        super().__init__(project=project, save_dir=save_dir, offline=not online, **kwargs)
+
+
+PREDICTION_COLUMNS = (
+    "id", "variant", "track", "hop", "instruction", "response", "label", "judgement", "judge_explanation", "judge",
+)
+
+
+def log_to_wandb(
+    logger: WandbLogger | Any, run: Run, images: Mapping[str, str | Path] | None = None, prefix: str = "test"
+) -> None:
+    """Log a run's metrics, predictions table, slice tables and plots to a WandbLogger (or a wandb run).
+
+    Call it on rank 0 only; on other ranks Lightning's logger ignores it anyway.
+    """
+    import wandb
+
+    experiment = logger.experiment if isinstance(logger, WandbLogger) else logger
+    flat = flat_metrics(run.counts, prefix)
+    predictions = wandb.Table(columns=list(PREDICTION_COLUMNS),
+                              data=[[r.get(c) for c in PREDICTION_COLUMNS] for r in run.records])
+    slice_columns = ["track", "hop", "variant", "column", "questions", "correct", "incorrect", "unjudged", "accuracy"]
+    slices = wandb.Table(columns=slice_columns, data=[[c.as_dict()[k] for k in slice_columns] for c in run.counts])
+    accuracy = wandb.Table(columns=["variant", *COLUMNS, AVERAGE],
+                           data=[[variant, *(row.get(c) for c in (*COLUMNS, AVERAGE))] for variant, row in run.table.items()])
+    payload: dict[str, Any] = {
+        **flat,
+        f"{prefix}/predictions": predictions,
+        f"{prefix}/slices": slices,
+        f"{prefix}/accuracy_table": accuracy,
+    }
+    payload.update({f"{prefix}/plots/{name}": wandb.Image(str(path)) for name, path in (images or {}).items()})
+    experiment.log(payload)
+    experiment.summary.update(flat)
