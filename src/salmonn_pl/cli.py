@@ -19,8 +19,8 @@ class SalmonnCLI(LightningCLI):
         parser.link_arguments("model.output_dir", "trainer.default_root_dir")
 
 
-def main(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
-    """Entry point of the ``salmonn-pl`` console script (``run=False`` only parses and instantiates)."""
+def build_cli(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
+    """Parse ``args`` (default: the command line), instantiate, and run the subcommand unless ``run=False``."""
     return SalmonnCLI(
         SalmonnModule,
         LightningDataModule,
@@ -31,6 +31,11 @@ def main(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
         args=args,
         run=run,
     )
+
+
+def main() -> None:
+    """Entry point of the ``salmonn-pl`` console script."""
+    build_cli()
 
 
 if __name__ == "__main__":

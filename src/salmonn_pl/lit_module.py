@@ -11,12 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 
+from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
+from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, diverse_beam_generate
+from salmonn_pl.generation.format_forcing import FormatForcingSettings, format_forcing_processor
+from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import trainable_state_dict
 from salmonn_pl.model.llm import set_lora_scale
@@ -32,6 +36,11 @@ class SalmonnModule(L.LightningModule):
         model: SalmonnConfig,
         generation: GenerationSettings | None = None,
         logits_processors: LogitsProcessorSettings | None = None,
+        decoding: Literal["generate", "diverse_beam", "contrastive", "option_scoring"] = "generate",
+        diverse_beam: DiverseBeamSettings | None = None,
+        contrastive: ContrastiveSettings | None = None,
+        option_scoring: OptionScoringSettings | None = None,
+        format_forcing: FormatForcingSettings | None = None,
         padding_side: PaddingSide = "left",
         ablation: Ablation = "none",
         lora_scale: float = 1.0,
@@ -46,6 +55,13 @@ class SalmonnModule(L.LightningModule):
             model: the SALMONN files and architecture options.
             generation: decoding settings (defaults = the official decode config).
             logits_processors: transformers logits processors applied while decoding.
+            decoding: how answers are produced: plain ``generate``, ``diverse_beam`` (similarity
+                penalty between beams), ``contrastive`` (audio-contrastive decoding), or
+                ``option_scoring`` (rank the options by likelihood; no free generation).
+            diverse_beam: settings of the diverse-beam similarity penalty.
+            contrastive: settings of audio-contrastive decoding.
+            option_scoring: settings of option scoring (calibration, permutation debiasing).
+            format_forcing: force answers to start with one of the option labels.
             padding_side: "left" (batch-invariant, default) or "right" (the official layout).
             ablation: encoder ablation applied to every question of the run.
             lora_scale: multiplier of the trained LoRA scaling at test time (activation tuning).
@@ -60,6 +76,11 @@ class SalmonnModule(L.LightningModule):
         self.model_config = model
         self.generation = generation or GenerationSettings()
         self.processor_settings = logits_processors or LogitsProcessorSettings()
+        self.decoding = decoding
+        self.diverse_beam = diverse_beam or DiverseBeamSettings()
+        self.contrastive = contrastive or ContrastiveSettings()
+        self.option_scoring = option_scoring or OptionScoringSettings()
+        self.format_forcing = format_forcing
         self.padding_side = padding_side
         self.ablation = ablation
         self.lora_scale = lora_scale
@@ -79,18 +100,36 @@ class SalmonnModule(L.LightningModule):
                 set_lora_scale(self.salmonn.llm, self.lora_scale)
 
     # -- shared ------------------------------------------------------------------------------
-    def encode(self, batch: dict, ablation: Ablation | None = None) -> torch.Tensor | None:
-        ablation = ablation or self.ablation
-        if ablation == "no_audio":
+    def row_ablations(self, batch: dict, ablation: Ablation | None = None) -> list[str]:
+        """Each row's ablation: the variant's own (``meta["ablation"]``), else the run's."""
+        default = ablation or self.ablation
+        metas = batch.get("meta") or [{}] * len(batch["prompt"])
+        return [m.get("ablation", "none") if m.get("ablation", "none") != "none" else default for m in metas]
+
+    def encode(self, batch: dict, ablation: Ablation | None = None):
+        """Audio tokens for every row: a tensor, a list of per-row tensors (mixed ablations or long
+        audio), or ``None`` when every row is text-only."""
+        ablations = self.row_ablations(batch, ablation)
+        groups: dict[str, list[int]] = {}
+        for row, name in enumerate(ablations):
+            groups.setdefault(name, []).append(row)
+        if list(groups) == ["no_audio"]:
             return None
-        out = self.salmonn.encode_audio(
-            batch["spectrogram"],
-            batch.get("raw_wav"),
-            batch.get("padding_mask"),
-            batch.get("wav_lengths"),
-            ablation=ablation,
-        )
-        return out["audio_tokens"]
+        per_row: list[torch.Tensor | None] = [None] * len(ablations)
+        for name, rows in groups.items():
+            if name == "no_audio":
+                continue
+            sub = batch if len(rows) == len(ablations) else select_rows(batch, rows)
+            tokens = self.salmonn.encode_audio(
+                sub["spectrogram"], sub.get("raw_wav"), sub.get("padding_mask"), sub.get("wav_lengths"), ablation=name
+            )["audio_tokens"]
+            if len(groups) == 1:
+                return tokens
+            for i, row in enumerate(rows):
+                per_row[row] = tokens[i]
+        width = next(t for t in per_row if t is not None).shape[-1]
+        empty = torch.zeros(0, width, device=self.device)
+        return [t if t is not None else empty for t in per_row]
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -141,46 +180,61 @@ class SalmonnModule(L.LightningModule):
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
-    def answer(self, batch: dict, ablation: Ablation | None = None, padding_side: PaddingSide | None = None) -> list[str]:
-        """Generated answers (special tokens removed) for every row of ``batch``."""
-        m = self.salmonn
+    def answer(self, batch: dict, ablation: Ablation | None = None, padding_side: PaddingSide | None = None) -> list[dict]:
+        """One answer per row: ``{"response": text, ...}`` plus per-option scores when scoring options."""
+        m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
+        questions = [meta.get("question") or meta.get("instruction", "") for meta in batch["meta"]]
+        if self.decoding == "option_scoring":
+            scores = score_options(m, batch["prompt"], questions, audio, self.option_scoring, side, ids=batch["id"])
+            return [{"response": s.choice, "option_scores": s.to_record()} for s in scores]
         processors = build_logits_processors(
             self.processor_settings, m.tokenizer, batch["prompt"], self.generation.num_beams, self.device
         )
-        result = m.generate(batch["prompt"], audio, self.generation, padding_side or self.padding_side, processors)
-        return [m.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in result.sequences]
+        if self.format_forcing is not None:
+            processors.append(format_forcing_processor(m.tokenizer, questions, self.format_forcing))
+        if self.decoding == "contrastive":
+            result = contrastive_generate(m, batch["prompt"], audio, self.generation, self.contrastive, side, processors)
+        elif self.decoding == "diverse_beam":
+            result = diverse_beam_generate(m, batch["prompt"], audio, self.generation, self.diverse_beam, side, processors)
+        else:
+            result = m.generate(batch["prompt"], audio, self.generation, side, processors)
+        n = self.generation.num_return_sequences
+        texts = [m.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in result.sequences]
+        # With several returned sequences the best one answers; the others are kept for inspection.
+        return [
+            {"response": texts[i * n], **({"alternatives": texts[i * n + 1 : (i + 1) * n]} if n > 1 else {})}
+            for i in range(len(batch["prompt"]))
+        ]
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
-        responses = self.answer(batch)
-        return [{"id": i, "prompt": p, "response": r} for i, p, r in zip(batch["id"], batch["prompt"], responses)]
+        answers = self.answer(batch)
+        return [{"id": i, "prompt": p, **a} for i, p, a in zip(batch["id"], batch["prompt"], answers)]
 
     # -- test: SAKURA evaluation -----------------------------------------------------------------
     def on_test_start(self) -> None:
-        from salmonn_pl.eval.evaluation import Evaluation
+        from salmonn_pl.eval.evaluator import SakuraEvaluator
 
-        self.evaluation = Evaluation(
-            output_dir=self.output_dir,
-            run_name=self.run_name,
-            judge=self.judge,
-            rank=self.global_rank,
-            world_size=self.trainer.world_size,
-            settings={"ablation": self.ablation, "padding_side": self.padding_side, "generation": asdict(self.generation)},
-        )
+        self.evaluator = SakuraEvaluator(str(self.output_dir), judge=self.judge, run_name=self.run_name)
+        self.evaluator.start(self.global_rank, self.trainer.world_size, self.device)
         self._t0, self._answered = time.perf_counter(), 0
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        todo = self.evaluation.pending(batch)
+        todo = self.evaluator.pending(batch["id"], batch["meta"])
         if todo:
-            sub = select_rows(batch, todo)
-            responses = self.answer(sub)
-            self.evaluation.record(sub, responses)
+            sub = batch if len(todo) == len(batch["id"]) else select_rows(batch, todo)
+            answers = self.answer(sub)
+            metas = [{**meta, **{k: v for k, v in a.items() if k != "response"}} for meta, a in zip(sub["meta"], answers)]
+            self.evaluator.add(sub["id"], metas, [a["response"] for a in answers])
             self._answered += len(todo)
         rate = self._answered / max(1e-9, time.perf_counter() - self._t0)
         self.log("questions_per_s", rate, prog_bar=True, batch_size=len(batch["id"]), on_step=True, on_epoch=False)
 
     def on_test_epoch_end(self) -> None:
-        self.evaluation.finish(self.trainer, self.logger)
+        datamodule = getattr(self.trainer, "datamodule", None)
+        skipped = getattr(datamodule, "skipped", ())
+        counts = self.evaluator.finish(logger=self.loggers, skipped=skipped)
+        self.log_dict(self.evaluator.log_dict(counts), rank_zero_only=True)
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

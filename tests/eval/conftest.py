@@ -98,7 +98,7 @@ def pad_sweep_variants() -> dict:
 
 
 def judged_records(n_clips: int = 4, variants: dict | None = None, seed: int = 0) -> list[dict]:
-    from salmonn_pl.eval.commands import judge_records
+    from salmonn_pl.eval.evaluator import judge_records
     from salmonn_pl.eval.judge_rule import RuleJudge
     from salmonn_pl.eval.predictions import make_record
 

@@ -11,7 +11,8 @@ from conftest import pad_sweep_variants, synthetic_examples
 from test_judge_llm import ScriptedChatServer
 from torch.utils.data import DistributedSampler
 
-from salmonn_pl.eval.commands import SakuraEvaluator, main
+from salmonn_pl.eval.commands import main
+from salmonn_pl.eval.evaluator import SakuraEvaluator
 from salmonn_pl.eval.metrics import count_slices
 from salmonn_pl.eval.predictions import PREDICTIONS_FILE, read_jsonl, read_predictions, record_key
 

@@ -17,7 +17,7 @@ import torch
 import yaml
 from golden import SAKURA_MINI, Golden, assert_close
 
-from salmonn_pl.cli import main
+from salmonn_pl.cli import build_cli
 from salmonn_pl.data.audio import load_audio
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings, generate
@@ -71,7 +71,7 @@ def _build(golden_path: str, tmp_dir: str, beats_batching: str) -> Salmonn:
     config_path = f"{tmp_dir}/{golden.name}-{beats_batching}.yaml"
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f)
-    cli = main(["--config", config_path], run=False)
+    cli = build_cli(["--config", config_path], run=False)
     module = cli.model
     module.configure_model()
     model = module.salmonn

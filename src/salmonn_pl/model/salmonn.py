@@ -184,7 +184,7 @@ class Salmonn(nn.Module):
             and wav_lengths is not None
             and int(wav_lengths.max()) > CHUNK_SAMPLES
         ):
-            return self.encode_long_audio(raw_wav, wav_lengths, ablation)
+            return self.encode_long_audio(raw_wav, wav_lengths, ablation, output_attentions)
         with self.autocast():
             whisper_out = self.whisper(spectrogram.to(self.whisper.conv1.weight.dtype)).last_hidden_state
             beats_out = beats_mask = None
@@ -209,7 +209,9 @@ class Salmonn(nn.Module):
             out["beats_out"] = beats_out
         return out
 
-    def encode_long_audio(self, raw_wav: torch.Tensor, wav_lengths: torch.Tensor, ablation: Ablation = "none") -> dict:
+    def encode_long_audio(
+        self, raw_wav: torch.Tensor, wav_lengths: torch.Tensor, ablation: Ablation = "none", output_attentions: bool = False
+    ) -> dict:
         """Encode each clip as consecutive 30 s chunks (at most ``max_audio_seconds``) and concatenate.
 
         Every chunk goes through exactly the 30 s path (padded to >= 1 s, Whisper log-mel of 30 s,
@@ -228,7 +230,7 @@ class Salmonn(nn.Module):
             padded[i, : len(c)] = c
         spectrogram = whisper_log_mel(padded, lengths)
         mask = torch.arange(padded.size(1), device=padded.device)[None, :] >= lengths[:, None]
-        out = self.encode_audio(spectrogram, padded, mask, lengths, ablation=ablation)
+        out = self.encode_audio(spectrogram, padded, mask, lengths, ablation=ablation, output_attentions=output_attentions)
         owners_t = torch.tensor(owners, device=raw_wav.device)
         out["audio_tokens"] = [out["audio_tokens"][owners_t == b].flatten(0, 1) for b in range(raw_wav.size(0))]
         out["chunks_per_clip"] = torch.bincount(owners_t, minlength=raw_wav.size(0))

@@ -24,6 +24,7 @@ import sentencepiece as spm
 import torch
 
 from salmonn_pl.model.beats import BEATs, BEATsConfig
+from salmonn_pl.model.window_qformer import QFormerSettings
 
 ANIMALS = ["dog", "cat", "cow", "pig", "frog", "rooster", "hen", "sheep", "horse", "crow", "bird", "insects"]
 EMOTIONS = ["happy", "sad", "angry", "neutral", "fearful", "disgusted", "surprised"]
@@ -55,10 +56,8 @@ class TinySizes:
     vocab_size: int = 1000
 
 
-def tiny_qformer_settings(sizes: TinySizes | None = None) -> "QFormerSettings":
+def tiny_qformer_settings(sizes: TinySizes | None = None) -> QFormerSettings:
     """The Q-Former shape the factory writes (a config pointing at tiny files must repeat it)."""
-    from salmonn_pl.model.window_qformer import QFormerSettings
-
     sizes = sizes or TinySizes()
     return QFormerSettings(hidden_size=sizes.qformer_width, num_attention_heads=4, intermediate_size=2 * sizes.qformer_width, num_hidden_layers=sizes.qformer_layers)
 

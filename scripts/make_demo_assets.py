@@ -1,0 +1,35 @@
+"""Regenerate the bundled demo assets: a tiny random SALMONN and a small synthetic SAKURA-layout set.
+
+    python scripts/make_demo_assets.py            # writes assets/tiny-salmonn and assets/demo-sakura
+
+Both are deterministic given the seed; the committed copies are what ``configs/demo.yaml`` uses.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from jsonargparse import CLI
+
+from salmonn_pl.data.synthetic import write_synthetic_task
+from salmonn_pl.model.tiny import write_tiny_salmonn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(out_dir: Path = ROOT / "assets", seed: int = 0, n_test: int = 12) -> None:
+    """Write ``tiny-salmonn/`` and ``demo-sakura/`` under ``out_dir`` (replacing older copies)."""
+    for name in ("tiny-salmonn", "demo-sakura"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    write_tiny_salmonn(out_dir / "tiny-salmonn", seed=seed)
+    task = out_dir / "demo-sakura"
+    write_synthetic_task(task, n_train=0, n_val=0, n_test=n_test, seed=seed)
+    # The demo evaluates the SAKURA-layout test split only.
+    for leftover in ("train.json", "val.json", "prompts.json", "audio"):
+        path = task / leftover
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    CLI(main)
