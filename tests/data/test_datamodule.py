@@ -167,3 +167,89 @@ def test_full_benchmark_data_work_is_well_under_a_minute():
     print(f"{n} questions, pad30s-noise-late: {seconds:.2f} CPU s on one thread -> {per_4000:.0f} s per 4000 questions")
     assert n == 192
     assert per_4000 < 60
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_long_audio_recipe_serves_six_long_variants_to_a_model_that_hears_them(tmp_path: Path):
+    from salmonn_pl.cli import build_cli
+
+    overrides = ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--model.output_dir", str(tmp_path)]
+    cli = build_cli(["--config", str(REPO_ROOT / "configs/long_audio.yaml"), *overrides], run=False)
+    dm = cli.datamodule
+    assert [v.name for v in dm.variants] == ["original"] + [
+        f"long{s}s-{p}" for s in (60, 120) for p in ("early", "middle", "late")
+    ]
+    assert cli.model.model_config.max_audio_seconds == 120
+    assert dm.collator.max_samples == 120 * 16_000
+
+
+@needs_mini
+def test_long_audio_from_yaml_with_a_fraction_and_its_prediction_record():
+    from salmonn_pl.eval.predictions import make_record
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SakuraDataModule, "data")
+    config = parser.parse_string(
+        f"""
+data:
+  root: {SAKURA_MINI}
+  tracks: [Gender]
+  hops: [single]
+  limit: 1
+  max_audio_seconds: 60
+  sweep:
+    long_audio_seconds: [40]
+    long_audio_position: [0.25, late]
+"""
+    )
+    dm = parser.instantiate(config).data
+    assert [v.name for v in dm.variants] == ["long40s-at0.25", "long40s-late"]
+    dm.setup()
+    example = dm.dataset[0]
+    clip = load_audio(dm.questions[0].audio)
+    start = round(example["meta"]["target_start_s"] * 16_000)
+    assert len(example["audio"]) == 40 * 16_000 and start == round(0.25 * (40 * 16_000 - len(clip)))
+    np.testing.assert_array_equal(example["audio"][start : start + len(clip)], clip)
+
+    # The settings land under variant_params; where the clip sits stays with the example's meta.
+    record = make_record(example["id"], example["meta"], "(a) female")
+    params = record["meta"]["variant_params"]
+    assert (params["long_audio_seconds"], params["long_audio_position"]) == (40, 0.25)
+    assert params["long_audio_distractors"] == "all_tracks" and params["pad_seconds"] is None
+    assert record["meta"]["target_start_s"] == example["meta"]["target_start_s"]
+    assert record["meta"]["distractor_ids"] == example["meta"]["distractor_ids"]
+    json.dumps(record)
+
+
+@pytest.mark.parametrize("limit", [None, 1])  # c1.wav among the evaluated questions, or only in the pool
+def test_long_audio_pool_skips_unreadable_clips_and_missing_tracks(tmp_path: Path, limit: int | None):
+    _release_with_bad_clips(tmp_path)  # one track (Animal), c1.wav is not audio, every clip a "cat"
+    late = Variant(long_audio_seconds=5, long_audio_position="late")
+    dm = SakuraDataModule(
+        tmp_path, tracks=["Animal"], limit=limit, on_error="skip", variants=[late], max_audio_seconds=5
+    )
+    dm.setup()
+    assert len(dm.dataset) == (6 if limit is None else 2)
+    assert sorted(clip.id for clip in dm.dataset.distractor_pool) == ["Animal/c0.wav", "Animal/c2.wav", "Animal/c3.wav"]
+    for example in (dm.dataset[i] for i in range(len(dm.dataset))):
+        meta = example["meta"]
+        assert len(example["audio"]) == 5 * 16_000 and round(meta["target_end_s"] * 16_000) == 5 * 16_000
+        assert meta["distractor_ids"] and f"Animal/{meta['file']}" not in meta["distractor_ids"]
+        assert "Animal/c1.wav" not in meta["distractor_ids"]
+        assert meta["distractors_share_label"]  # no other label exists in this pool
+
+
+def test_long_audio_without_possible_distractors_names_variant_and_question(tmp_path: Path):
+    _release_with_bad_clips(tmp_path)
+    variant = Variant(long_audio_seconds=5, long_audio_distractors="other_tracks")
+    dm = SakuraDataModule(tmp_path, tracks=["Animal"], on_error="skip", variants=[variant], max_audio_seconds=5)
+    dm.setup()
+    with pytest.raises(ValueError, match=r"'long5s-middle-other_tracks', question Animal/single/c0.wav: no distractor"):
+        dm.dataset[0]
+
+
+def test_long_audio_longer_than_max_audio_seconds_warns():
+    with pytest.warns(UserWarning, match="long-audio variants last up to 120 s but max_audio_seconds is 30"):
+        SakuraDataModule("unused", variants=[Variant(long_audio_seconds=120)])

@@ -1,7 +1,9 @@
-"""The long-audio SAKURA variant: lengths, exact target placement, distractor choice, reproducibility."""
+"""The long-audio SAKURA variant: lengths, exact target placement, distractor choice, reproducibility,
+and the tiny model encoding such recordings as 30 s chunks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -9,13 +11,17 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from golden import SAKURA_MINI
 
 from salmonn_pl.data.audio import load_audio
-from salmonn_pl.data.long_audio import Clip, LongAudioVariant, build_long_audio, sakura_clip_pool
-from salmonn_pl.data.sakura import read_sakura
+from salmonn_pl.data.datamodule import SakuraDataModule
+from salmonn_pl.data.long_audio import Clip, build_long_audio, distractor_candidates, sakura_clip_pool
+from salmonn_pl.data.sakura import TRACKS, read_sakura
+from salmonn_pl.data.variants import Variant
 
 SR = 16000
+needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA mini set at {SAKURA_MINI}")
 
 
 def _pool(n: int = 12, labels: tuple[str, ...] = ("cat", "dog", "cow"), seed: int = 0) -> list[Clip]:
@@ -139,29 +145,125 @@ def test_bad_arguments_are_rejected():
         build_long_audio(pool[0], pool, 0.0)
 
 
-@pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA mini set at {SAKURA_MINI}")
-def test_variant_on_real_sakura_clips():
+def test_distractor_sources_split_the_pool_by_track():
+    pool = [Clip(f"{track}/{i}.wav", "x", np.ones(SR), track=track) for track in ("Animal", "Gender") for i in range(3)]
+    assert distractor_candidates(pool, "Animal", "all_tracks") == pool
+    assert {c.track for c in distractor_candidates(pool, "Animal", "same_track")} == {"Animal"}
+    assert {c.track for c in distractor_candidates(pool, "Animal", "other_tracks")} == {"Gender"}
+    with pytest.raises(ValueError, match="distractor source"):
+        distractor_candidates(pool, "Animal", "elsewhere")
+
+
+@needs_mini
+def test_sakura_clip_pool_holds_each_clip_once_and_lazily():
     questions, _ = read_sakura(SAKURA_MINI, tracks=["Animal"], hops=["single", "multi"])
     pool = sakura_clip_pool(questions)
-    assert len(pool) == 24 and all(callable(clip.audio) for clip in pool)  # one lazy clip per file
-    by_id = {clip.id: clip for clip in pool}
-    for position in ("early", "late"):
-        variant = LongAudioVariant(pool, total_seconds=60.0, position=position)
-        for question in questions[:2] + questions[-2:]:
-            target = by_id[f"Animal/{question.file}"]
-            audio = load_audio(question.audio)
-            wav, meta = variant(target, question_id=question.id)
-            assert len(wav) == 60 * SR and meta["variant"] == "long_audio"
-            assert meta["variant_params"]["position"] == position
-            start, end = meta["target_start_sample"], meta["target_end_sample"]
-            np.testing.assert_array_equal(wav[start:end], audio)
-            assert meta["target_within_first_30s"] == (position == "early")
-            assert all(d["label"] != question.label and d["id"] != target.id for d in meta["distractors"])
-            for d in meta["distractors"]:
-                source = by_id[d["id"]].samples()
-                expected = source[d["clip_offset"] : d["clip_offset"] + d["end"] - d["start"]]
-                np.testing.assert_array_equal(wav[d["start"] : d["end"]], expected)
-            json.dumps(meta)
-    single, multi = questions[0], next(q for q in questions if q.hop == "multi" and q.file == questions[0].file)
-    target = by_id[f"Animal/{single.file}"]
-    assert variant(target, single.id)[1]["distractors"] != variant(target, multi.id)[1]["distractors"]
+    assert len(pool) == 24 and all(callable(clip.audio) and clip.track == "Animal" for clip in pool)
+    cat = next(clip for clip in pool if clip.id == "Animal/cat2.wav")
+    np.testing.assert_array_equal(cat.samples(), load_audio(SAKURA_MINI / "data/Animal/audio/cat2.wav"))
+
+
+def _long_audio_examples(variants: list[Variant], **kwargs) -> tuple[SakuraDataModule, list[dict]]:
+    dm = SakuraDataModule(SAKURA_MINI, variants=variants, max_audio_seconds=120, **kwargs)
+    dm.setup()
+    return dm, [dm.dataset[i] for i in range(len(dm.dataset))]
+
+
+def _contains(haystack: np.ndarray, needle: np.ndarray) -> bool:
+    """Whether ``needle`` occurs sample-exact (at a whole-sample offset) in ``haystack``."""
+    raw, sought = haystack.tobytes(), needle.tobytes()
+    at = raw.find(sought)
+    while at != -1 and at % haystack.itemsize:
+        at = raw.find(sought, at + 1)
+    return at != -1
+
+
+@needs_mini
+def test_sixty_second_middle_example_holds_the_clip_at_the_recorded_offset():
+    middle = Variant(long_audio_seconds=60, long_audio_position="middle")
+    dm, examples = _long_audio_examples([middle], tracks=["Animal"], hops=["single"], limit=3)
+    assert len(examples) == 3 and dm.variants[0].name == "long60s-middle"
+    clip_ids = {clip.id for clip in dm.dataset.distractor_pool}
+    # The pool is the whole benchmark: every track, every clip, not only the 3 selected questions.
+    assert len(clip_ids) == 4 * 24 and {i.split("/")[0] for i in clip_ids} == set(TRACKS)
+    for example in examples:
+        meta, wav = example["meta"], example["audio"]
+        clip = load_audio(SAKURA_MINI / "data/Animal/audio" / meta["file"])
+        assert len(wav) == 60 * SR and meta["variant"] == "long60s-middle"
+        start = round(meta["target_start_s"] * SR)
+        assert start == round(0.5 * (60 * SR - len(clip))) and meta["clip_start_s"] == meta["target_start_s"]
+        assert round(meta["target_end_s"] * SR) == start + len(clip) == start + meta["num_samples"]
+        np.testing.assert_array_equal(wav[start : start + len(clip)], clip)
+        assert not wav[start - 1600 : start].any() and not wav[start + len(clip) : start + len(clip) + 1600].any()
+        assert (meta["long_audio_seconds"], meta["long_audio_position"]) == (60, "middle")
+        assert not meta["target_within_first_30s"] and not meta["longer_than_target"]
+
+        distractors = meta["distractor_ids"]
+        assert distractors and set(distractors) <= clip_ids and f"Animal/{meta['file']}" not in distractors
+        assert not meta["distractors_share_label"]
+        # Every distractor but the two cut at the recording's edges appears whole.
+        for clip_id in distractors[1:-1]:
+            track, file = clip_id.split("/")
+            assert _contains(wav, load_audio(SAKURA_MINI / "data" / track / "audio" / file)), clip_id
+        json.dumps(meta)
+    # Distractors come from the other tracks too.
+    assert len({i.split("/")[0] for e in examples for i in e["meta"]["distractor_ids"]}) > 1
+
+
+@needs_mini
+def test_recording_does_not_depend_on_what_else_is_evaluated():
+    variants = [Variant(long_audio_seconds=60, long_audio_position="late")]
+    _, alone = _long_audio_examples(variants, tracks=["Gender"], hops=["multi"], limit=1)
+    _, among = _long_audio_examples(
+        [Variant(), *variants, Variant(long_audio_seconds=120)], tracks=["Animal", "Gender"], limit=2
+    )
+    same = next(e for e in among if e["id"] == alone[0]["id"] and e["meta"]["variant"] == "long60s-late")
+    np.testing.assert_array_equal(same["audio"], alone[0]["audio"])
+    assert same["meta"] == alone[0]["meta"]
+    assert round(alone[0]["meta"]["target_end_s"] * SR) == 60 * SR  # late: the clip ends the recording
+
+
+@needs_mini
+def test_distractor_source_restricts_tracks():
+    variants = [
+        Variant(long_audio_seconds=30, long_audio_position="early", long_audio_distractors="same_track"),
+        Variant(long_audio_seconds=30, long_audio_position="early", long_audio_distractors="other_tracks"),
+    ]
+    dm, examples = _long_audio_examples(variants, tracks=["Emotion"], hops=["single"], limit=2)
+    assert [v.name for v in dm.variants] == ["long30s-early-same_track", "long30s-early-other_tracks"]
+    for example in examples:
+        tracks = {i.split("/")[0] for i in example["meta"]["distractor_ids"]}
+        if example["meta"]["long_audio_distractors"] == "same_track":
+            assert tracks == {"Emotion"}
+        else:
+            assert tracks and "Emotion" not in tracks
+        assert example["meta"]["target_within_first_30s"] and example["meta"]["target_start_s"] == 0.0
+
+
+@needs_mini
+def test_tiny_model_encodes_long_examples_as_thirty_second_chunks(tiny_config):
+    from salmonn_pl.generation.decode import GenerationSettings
+    from salmonn_pl.model.salmonn import Salmonn
+
+    torch.set_num_threads(1)
+    model = Salmonn(dataclasses.replace(tiny_config, max_audio_seconds=120)).eval()
+    variants = [
+        Variant(long_audio_seconds=60, long_audio_position="middle"),
+        Variant(long_audio_seconds=120, long_audio_position="late"),
+    ]
+    dm = SakuraDataModule(
+        SAKURA_MINI, tracks=["Language"], hops=["single"], limit=1, variants=variants, max_audio_seconds=120
+    )
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["wav_lengths"].tolist() == [60 * SR, 120 * SR]
+    with torch.no_grad():
+        encoded = model.encode_audio(
+            batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"]
+        )
+        per_chunk = model.connector.tokens_for_frames()
+        assert encoded["chunks_per_clip"].tolist() == [2, 4]
+        assert [tokens.shape[0] for tokens in encoded["audio_tokens"]] == [2 * per_chunk, 4 * per_chunk]
+        assert all(torch.isfinite(tokens).all() for tokens in encoded["audio_tokens"])
+        settings = GenerationSettings(max_new_tokens=3, num_beams=1)
+        result = model.generate(batch["prompt"], encoded["audio_tokens"], settings)
+    assert len(result.sequences) == 2

@@ -169,3 +169,53 @@ def test_variant_names_and_resolution():
     assert [v.name for v in resolved] == ["original", "pad30s-zero-early"]
     with pytest.raises(ValueError, match="used twice"):
         resolve_variants([Variant(), Variant(strip_options=False)])
+
+
+def test_long_audio_variant_names_hold_duration_and_position():
+    assert Variant(long_audio_seconds=60, long_audio_position="middle").name == "long60s-middle"
+    assert Variant(long_audio_seconds=120, long_audio_position="late").name == "long120s-late"
+    assert Variant(long_audio_seconds=45.5, long_audio_position=0.25).name == "long45.5s-at0.25"
+    # A fraction that is early/middle/late is named (and stored) as such, so equal variants share a name.
+    half = Variant(long_audio_seconds=60, long_audio_position=0.5)
+    assert half.name == "long60s-middle" and half == Variant(long_audio_seconds=60)
+    assert Variant(long_audio_seconds=60, long_audio_position=1).long_audio_position == "late"
+    assert Variant(long_audio_seconds=60, long_audio_distractors="other_tracks").name == "long60s-middle-other_tracks"
+    both = Variant(long_audio_seconds=120, long_audio_position="early", strip_options=True, ablation="zero_audio")
+    assert both.name == "long120s-early-no_options-zero_audio"
+    assert Variant(name="hidden", long_audio_seconds=60).name == "hidden"
+    params = Variant(long_audio_seconds=60).params()
+    long_params = (params["long_audio_seconds"], params["long_audio_position"], params["long_audio_distractors"])
+    assert long_params == (60, "middle", "all_tracks")
+    # Variants without long audio keep their names.
+    assert Variant(long_audio_position="late").name == "original"
+
+
+def test_long_audio_settings_are_checked():
+    with pytest.raises(ValueError, match="pad_seconds .* and long_audio_seconds .* exclude each other"):
+        Variant(pad_seconds=30, long_audio_seconds=60)
+    with pytest.raises(ValueError, match="'mine': pad_seconds"):
+        Variant(name="mine", pad_seconds=30, long_audio_seconds=60)
+    with pytest.raises(ValueError, match="long_audio_seconds must be positive"):
+        Variant(long_audio_seconds=-1)
+    with pytest.raises(ValueError, match="long_audio_position must be early, middle, late"):
+        Variant(long_audio_seconds=60, long_audio_position="end")
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\]"):
+        Variant(long_audio_seconds=60, long_audio_position=1.5)
+    with pytest.raises(ValueError, match="long_audio_distractors"):
+        Variant(long_audio_seconds=60, long_audio_distractors="anywhere")
+    # The recording needs the benchmark's other clips, which a lone variant does not have.
+    with pytest.raises(ValueError, match="long60s-middle.*distractor clips"):
+        Variant(long_audio_seconds=60).apply_audio(_clip(), "Animal/single/cat2.wav")
+
+
+def test_sweep_expands_long_audio_and_leaves_out_padded_long_audio():
+    long = VariantSweep(long_audio_seconds=[60, 120], long_audio_position=["early", "middle", "late"]).expand()
+    assert [v.name for v in long] == [f"long{s}s-{p}" for s in (60, 120) for p in ("early", "middle", "late")]
+    assert all(v.pad_seconds is None for v in long)
+
+    mixed = VariantSweep(
+        pad_seconds=[None, 30], long_audio_seconds=[None, 60], long_audio_position=["early", "late"]
+    ).expand()
+    assert [v.name for v in mixed] == ["original", "long60s-early", "long60s-late", "pad30s-zero-early"]
+    with pytest.raises(ValueError, match="every combination sets both pad_seconds .* add null"):
+        VariantSweep(pad_seconds=[30], long_audio_seconds=[60]).expand()

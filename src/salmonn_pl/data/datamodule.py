@@ -21,7 +21,9 @@ Example YAML (``data:`` section of a LightningCLI config)::
         on_error: skip
 
 Every (question, variant) pair is one example; examples of the same question are adjacent so its
-clip is decoded once.
+clip is decoded once. Long-audio variants (``long_audio_seconds``, see ``configs/long_audio.yaml``)
+surround the clip with clips of other questions of the benchmark; set ``max_audio_seconds`` (here
+and in the model) to at least their length so that the model hears all of it.
 """
 
 from __future__ import annotations
@@ -32,15 +34,24 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from salmonn_pl.data.audio import SAMPLE_RATE, ChannelPolicy
 from salmonn_pl.data.collate import Example, SpeechCollator
+from salmonn_pl.data.long_audio import (
+    Clip,
+    build_long_audio,
+    distractor_candidates,
+    sakura_clip_id,
+    sakura_clip_pool,
+)
 from salmonn_pl.data.sakura import (
     HOPS,
     TRACKS,
     Layout,
     OnError,
+    SakuraDataError,
     SakuraQuestion,
     Skipped,
     find_unreadable_audio,
@@ -49,6 +60,8 @@ from salmonn_pl.data.sakura import (
 )
 from salmonn_pl.data.variants import (
     DEFAULT_PROMPT_TEMPLATE,
+    DistractorSource,
+    PaddedAudio,
     Variant,
     VariantSweep,
     check_prompt_template,
@@ -57,7 +70,14 @@ from salmonn_pl.data.variants import (
 
 
 class SakuraDataset(Dataset):
-    """Every question under every variant, as :class:`~salmonn_pl.data.collate.Example` dicts."""
+    """Every question under every variant, as :class:`~salmonn_pl.data.collate.Example` dicts.
+
+    ``distractor_questions`` are the questions whose clips long-audio variants may place around a
+    question's clip (default: ``questions``); each clip is one candidate however many questions
+    share it, and a clip never surrounds itself. A long-audio example's ``meta`` records where the
+    clip sits (``clip_start_s`` = ``target_start_s``, ``target_end_s``) and the ``distractor_ids``
+    (``<Track>/<file>``) in recording order.
+    """
 
     def __init__(
         self,
@@ -65,12 +85,17 @@ class SakuraDataset(Dataset):
         variants: list[Variant],
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         channel: ChannelPolicy = "first",
+        distractor_questions: list[SakuraQuestion] | None = None,
     ) -> None:
         check_prompt_template(prompt_template)
         self.questions = questions
         self.variants = variants
         self.prompt_template = prompt_template
         self.channel = channel
+        self.distractor_pool: list[Clip] = sakura_clip_pool(
+            questions if distractor_questions is None else distractor_questions, channel
+        )
+        self._candidates: dict[tuple[str, DistractorSource], list[Clip]] = {}
         self._cached: tuple[object, np.ndarray] | None = None  # last decoded clip, reused by the next variant
 
     def __len__(self) -> int:
@@ -80,7 +105,10 @@ class SakuraDataset(Dataset):
         question = self.questions[index // len(self.variants)]
         variant = self.variants[index % len(self.variants)]
         audio = self._audio(question)
-        padded = variant.apply_audio(audio, question.id)
+        if variant.long_audio_seconds is None:
+            padded, placement = variant.apply_audio(audio, question.id), {}
+        else:
+            padded, placement = self._long_audio(question, audio, variant)
         text = variant.apply_question(question.instruction)
         template = variant.prompt_template or self.prompt_template
         meta: dict[str, Any] = {
@@ -96,6 +124,7 @@ class SakuraDataset(Dataset):
             "num_samples": len(audio),
             "clip_start_s": padded.clip_start / SAMPLE_RATE,
             "longer_than_target": padded.longer_than_target,
+            **placement,
             **({"extra": question.extra} if question.extra else {}),
         }
         return Example(
@@ -110,6 +139,34 @@ class SakuraDataset(Dataset):
         if self._cached is None or self._cached[0] != question.audio:
             self._cached = (question.audio, load_question_audio(question, self.channel))
         return self._cached[1]
+
+    def _long_audio(
+        self, question: SakuraQuestion, audio: np.ndarray, variant: Variant
+    ) -> tuple[PaddedAudio, dict[str, Any]]:
+        """The question's clip among distractors, and the placement fields for ``meta``."""
+        target = Clip(sakura_clip_id(question), question.label, audio, track=question.track)
+        key = (question.track, variant.long_audio_distractors)
+        if key not in self._candidates:
+            self._candidates[key] = distractor_candidates(self.distractor_pool, *key)
+        candidates = self._candidates[key]
+        if not any(clip.id != target.id for clip in candidates):
+            tracks = sorted({str(clip.track) for clip in self.distractor_pool})
+            raise ValueError(
+                f"variant {variant.name!r}, question {question.id}: no distractor clips "
+                f"({variant.long_audio_distractors}) in a pool of {len(self.distractor_pool)} clips "
+                f"from tracks {tracks}"
+            )
+        wav, placement = build_long_audio(
+            target,
+            candidates,
+            total_seconds=variant.long_audio_seconds,
+            position=variant.long_audio_position,
+            question_id=question.id,
+        )
+        padded = PaddedAudio(
+            wav=wav, longer_than_target=placement.longer_than_target, clip_start=placement.target_start_sample
+        )
+        return padded, placement.to_meta()
 
 
 class SakuraDataModule(L.LightningDataModule):
@@ -136,6 +193,11 @@ class SakuraDataModule(L.LightningDataModule):
         feature_dtype: compute precision of the Whisper log-mel.
         max_audio_seconds: raw audio kept per clip; above 30 s the model encodes 30 s chunks
             (set the model's ``max_audio_seconds`` to the same value), e.g. for long-audio variants.
+
+    Long-audio variants draw their distractors from every question of every track found under
+    ``root`` (not only the selected tracks, and regardless of ``limit``), so a question gets the
+    same recording whatever else is evaluated; rows that cannot be read are left out of that pool
+    (and, with ``on_error="skip"``, so are unreadable clips).
     """
 
     def __init__(
@@ -170,20 +232,52 @@ class SakuraDataModule(L.LightningDataModule):
         self.layout = layout
         self.collator = SpeechCollator(feature_dtype=getattr(torch, feature_dtype), max_seconds=max_audio_seconds)
         self.questions: list[SakuraQuestion] = []
+        self.distractor_questions: list[SakuraQuestion] = []
         self.skipped: list[Skipped] = []
         self.dataset: SakuraDataset | None = None
+        longest = max((v.long_audio_seconds for v in self.variants if v.long_audio_seconds is not None), default=0.0)
+        if longest > max_audio_seconds:
+            rank_zero_warn(
+                f"SakuraDataModule: long-audio variants last up to {longest:g} s but max_audio_seconds is "
+                f"{max_audio_seconds:g}, so the model hears only the first {max_audio_seconds:g} s; set "
+                f"max_audio_seconds (here and in the model) to {longest:g} to encode all of it"
+            )
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
-        questions, skipped = read_sakura(
+        selected, skipped = read_sakura(
             self.root, self.tracks, self.hops, limit=self.limit, on_error=self.on_error, layout=self.layout
         )
+        questions = selected
         if self.on_error == "skip":
-            questions, unreadable = find_unreadable_audio(questions, self.channel)
+            questions, unreadable = find_unreadable_audio(selected, self.channel)
             skipped += unreadable
+        if any(variant.long_audio_seconds is not None for variant in self.variants):
+            self.distractor_questions = self._distractor_questions(selected, questions)
         self.questions, self.skipped = questions, skipped
-        self.dataset = SakuraDataset(questions, self.variants, self.prompt_template, self.channel)
+        self.dataset = SakuraDataset(
+            questions, self.variants, self.prompt_template, self.channel, distractor_questions=self.distractor_questions
+        )
+
+    def _distractor_questions(
+        self, selected: list[SakuraQuestion], usable: list[SakuraQuestion]
+    ) -> list[SakuraQuestion]:
+        """Every question of every track under ``root`` (no limit), whose clips long-audio variants draw from."""
+        found: list[SakuraQuestion] = []
+        for track in dict.fromkeys([*self.tracks, *TRACKS]):
+            try:
+                found += read_sakura(self.root, [track], HOPS, on_error="skip", layout=self.layout)[0]
+            except SakuraDataError:
+                continue  # a track this copy of the benchmark lacks
+        if self.on_error != "skip":
+            return found
+        # Clips of the selected questions were decoded already; decode only the others.
+        readable = {question.audio for question in usable}
+        unreadable = {question.audio for question in selected} - readable
+        unchecked = [q for q in found if q.audio not in readable and q.audio not in unreadable]
+        checked_ok, _ = find_unreadable_audio(unchecked, self.channel)
+        return [q for q in found if q.audio in readable] + checked_ok
 
     def skipped_records(self) -> list[dict[str, str]]:
         """Skipped questions as JSON-serialisable ``{"id", "reason"}`` records."""

@@ -6,26 +6,27 @@ duration; the rest is filled with clips drawn from other questions (with a diffe
 pool has any), separated by short silences. Draws are seeded by a stable hash of the question id, so
 the same question always gets the same recording in any process. The official SALMONN path keeps
 only the first 30 s, so the placement records whether the target survives that cut.
+
+In a study this is the ``long_audio_*`` setting of a :class:`~salmonn_pl.data.variants.Variant`
+(e.g. ``long60s-middle``), which :class:`~salmonn_pl.data.datamodule.SakuraDataset` builds from a
+pool of the benchmark's clips.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from salmonn_pl.data.audio import MAX_SAMPLES, SAMPLE_RATE, ChannelPolicy
 from salmonn_pl.data.sakura import SakuraQuestion, load_question_audio
-from salmonn_pl.data.variants import stable_seed
+from salmonn_pl.data.variants import LONG_AUDIO_POSITIONS, DistractorSource, LongAudioPosition, stable_seed
 
 # The official SALMONN path keeps the first 30 s of any recording.
 OFFICIAL_MAX_SECONDS = MAX_SAMPLES // SAMPLE_RATE
-
-Position = Literal["early", "middle", "late"] | float
-POSITIONS: dict[str, float] = {"early": 0.0, "middle": 0.5, "late": 1.0}
 # The official SALMONN concatenation (dataset.py "expand_wav") puts 0.1 s of silence between clips.
 DEFAULT_GAP_SECONDS = 0.1
 
@@ -34,28 +35,52 @@ DEFAULT_GAP_SECONDS = 0.1
 class Clip:
     """An audio clip: an id naming the audio itself (e.g. its file), its label, its float64 mono 16 kHz samples.
 
-    ``audio`` is the samples or a function loading them, so that a pool of a whole benchmark track
+    ``audio`` is the samples or a function loading them, so that a pool of a whole benchmark
     costs nothing until a clip is drawn. SAKURA asks two questions (single- and multi-hop) about each
-    clip; the pool holds each clip once, and a clip is never a distractor for itself.
+    clip; the pool holds each clip once, and a clip is never a distractor for itself. ``track`` is
+    the benchmark track the clip comes from (labels are only comparable within a track).
     """
 
     id: str
     label: str
     audio: np.ndarray | Callable[[], np.ndarray]
+    track: str | None = None
 
     def samples(self) -> np.ndarray:
         audio = self.audio() if callable(self.audio) else self.audio
         return np.asarray(audio, dtype=np.float64)
 
 
+def sakura_clip_id(question: SakuraQuestion) -> str:
+    """The id of a question's clip, shared by its single- and multi-hop questions: ``<Track>/<file>``."""
+    return f"{question.track}/{question.file}"
+
+
 def sakura_clip_pool(questions: Sequence[SakuraQuestion], channel: ChannelPolicy = "first") -> list[Clip]:
     """One lazily loaded :class:`Clip` per distinct clip of the questions (ids ``<Track>/<file>``)."""
     pool: dict[str, Clip] = {}
     for question in questions:
-        clip_id = f"{question.track}/{question.file}"
+        clip_id = sakura_clip_id(question)
         if clip_id not in pool:
-            pool[clip_id] = Clip(clip_id, question.label, partial(load_question_audio, question, channel))
+            audio = partial(load_question_audio, question, channel)
+            pool[clip_id] = Clip(clip_id, question.label, audio, track=question.track)
     return list(pool.values())
+
+
+def distractor_candidates(pool: Sequence[Clip], track: str, source: DistractorSource) -> list[Clip]:
+    """The clips of ``pool`` that may surround a clip of ``track``.
+
+    ``all_tracks`` keeps the whole pool, ``same_track`` the clips of ``track`` and ``other_tracks``
+    the rest. SAKURA's tracks share no labels, so with ``all_tracks`` the draw's preference for
+    other labels avoids only the track's own clips of the same label.
+    """
+    if source == "all_tracks":
+        return list(pool)
+    if source == "same_track":
+        return [clip for clip in pool if clip.track == track]
+    if source == "other_tracks":
+        return [clip for clip in pool if clip.track != track]
+    raise ValueError(f"distractor source must be all_tracks, same_track or other_tracks, got {source!r}")
 
 
 @dataclass(frozen=True)
@@ -86,16 +111,23 @@ class LongAudioPlacement:
     target_within_first_30s: bool
 
     def to_meta(self) -> dict[str, Any]:
-        """A JSON-serialisable record for an example's ``meta``."""
-        return asdict(self)
+        """Flat JSON-serialisable fields for an example's ``meta``: where the target is, what surrounds it."""
+        return {
+            "target_start_s": self.target_start_s,
+            "target_end_s": self.target_end_s,
+            "distractor_ids": [segment.id for segment in self.distractors],
+            "distractors_share_label": self.distractors_share_label,
+            "target_within_first_30s": self.target_within_first_30s,
+        }
 
 
-def resolve_position(position: Position) -> float:
+def resolve_position(position: LongAudioPosition) -> float:
     """early/middle/late or a fraction in [0, 1] of the free space before the target."""
     if isinstance(position, str):
-        if position not in POSITIONS:
-            raise ValueError(f"position must be one of {list(POSITIONS)} or a fraction in [0, 1], got {position!r}")
-        return POSITIONS[position]
+        if position not in LONG_AUDIO_POSITIONS:
+            names = list(LONG_AUDIO_POSITIONS)
+            raise ValueError(f"position must be one of {names} or a fraction in [0, 1], got {position!r}")
+        return LONG_AUDIO_POSITIONS[position]
     if not 0.0 <= float(position) <= 1.0:
         raise ValueError(f"position fraction must be in [0, 1], got {position}")
     return float(position)
@@ -157,7 +189,7 @@ def build_long_audio(
     target: Clip,
     pool: Sequence[Clip],
     total_seconds: float = 60.0,
-    position: Position = "middle",
+    position: LongAudioPosition = "middle",
     gap_seconds: float = DEFAULT_GAP_SECONDS,
     seed: int = 0,
     question_id: str | None = None,
@@ -206,35 +238,3 @@ def build_long_audio(
         target_within_first_30s=end <= OFFICIAL_MAX_SECONDS * sample_rate,
     )
     return wav, placement
-
-
-@dataclass
-class LongAudioVariant:
-    """The long-audio variant as a reusable transform over one track's clips.
-
-    ``pool`` is every clip of the track (or benchmark); each call places one question's clip among
-    the others. ``name``/``params`` describe the variant for an example's ``meta``.
-    """
-
-    pool: Sequence[Clip]
-    total_seconds: float = 60.0
-    position: Position = "middle"
-    gap_seconds: float = DEFAULT_GAP_SECONDS
-    seed: int = 0
-
-    name = "long_audio"
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return {
-            "total_seconds": self.total_seconds,
-            "position": self.position,
-            "gap_seconds": self.gap_seconds,
-            "seed": self.seed,
-        }
-
-    def __call__(self, target: Clip, question_id: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        wav, placement = build_long_audio(
-            target, self.pool, self.total_seconds, self.position, self.gap_seconds, self.seed, question_id
-        )
-        return wav, {"variant": self.name, "variant_params": self.params, **placement.to_meta()}

@@ -1,4 +1,4 @@
-"""The study's benchmark variants: padded audio, option-free questions and encoder ablations.
+"""The study's benchmark variants: padded audio, long audio, option-free questions and encoder ablations.
 
 A :class:`Variant` is one named condition of the study; a :class:`VariantSweep` is the Cartesian
 product of several settings, written as one config entry and expanded into named variants::
@@ -8,8 +8,14 @@ product of several settings, written as one config entry and expanded into named
       pad_fill: [zero, noise]
       pad_position: [early, middle, late]   # -> 12 variants, pad15s-zero-early ... pad30s-noise-late
 
+    sweep:
+      long_audio_seconds: [60, 120]
+      long_audio_position: [early, middle, late]   # -> 6 variants, long60s-early ... long120s-late
+
 Audio transforms (:func:`pad_to_duration`) run on the full 16 kHz clip before the official
-pad-to-1 s / truncate-to-30 s step, so a 30 s target fills Whisper's whole window.
+pad-to-1 s / truncate-to-30 s step, so a 30 s target fills Whisper's whole window. Long-audio
+variants place the clip among distractor clips of other questions; the dataset, which holds the
+benchmark's clips, builds them with :func:`salmonn_pl.data.long_audio.build_long_audio`.
 """
 
 from __future__ import annotations
@@ -32,6 +38,14 @@ PadPosition = Literal["early", "middle", "late"]
 # Encoder ablations are applied by the model (see Salmonn.encode_audio); the data only carries the
 # name. zero_audio zeroes every audio token the LLM sees; no_audio removes them (text-only prompt).
 Ablation = Literal["none", "zero_beats", "zero_whisper", "zero_audio", "no_audio"]
+# Where the question's clip sits in a long recording: a name or a fraction in [0, 1] of the space
+# before it (0 = at the start, 1 = at the end).
+LongAudioPosition = Literal["early", "middle", "late"] | float
+LONG_AUDIO_POSITIONS: dict[str, float] = {"early": 0.0, "middle": 0.5, "late": 1.0}
+# Which benchmark clips may be distractors: any clip of any track, clips of the question's own track
+# (other labels preferred), or only clips of the other tracks (e.g. no second animal sound around an
+# Animal question).
+DistractorSource = Literal["all_tracks", "same_track", "other_tracks"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +135,10 @@ class Variant:
     """One study condition. ``name`` defaults to a readable description such as ``pad30s-noise-late``.
 
     ``pad_seconds=None`` keeps the clip as released; ``pad_fill``, ``pad_position`` and ``noise_dbfs``
-    then have no effect. ``ablation`` names the encoder output the model zeroes for this variant
+    then have no effect. ``long_audio_seconds`` instead makes a recording of that length in which the
+    clip sits, unaltered, at ``long_audio_position`` among clips of other questions drawn from
+    ``long_audio_distractors`` (seeded by the question id; named e.g. ``long60s-middle``); padding
+    and long audio exclude each other. ``ablation`` names the encoder output the model zeroes for this variant
     (``zero_beats``, ``zero_whisper``, ``zero_audio`` for every audio token, or ``no_audio`` for a
     text-only prompt without audio tokens).
     ``prompt_template`` replaces the data module's template for this variant (``None`` keeps it).
@@ -135,10 +152,28 @@ class Variant:
     strip_options: bool = False
     ablation: Ablation = "none"
     prompt_template: str | None = None
+    long_audio_seconds: float | None = None
+    long_audio_position: LongAudioPosition = "middle"
+    long_audio_distractors: DistractorSource = "all_tracks"
 
     def __post_init__(self) -> None:
+        who = f"Variant {self.name!r}" if self.name else "Variant"
         if self.pad_seconds is not None and self.pad_seconds <= 0:
-            raise ValueError(f"Variant {self.name!r}: pad_seconds must be positive, got {self.pad_seconds}")
+            raise ValueError(f"{who}: pad_seconds must be positive, got {self.pad_seconds}")
+        if self.long_audio_seconds is not None:
+            if self.pad_seconds is not None:
+                raise ValueError(
+                    f"{who}: pad_seconds ({self.pad_seconds}) and long_audio_seconds ({self.long_audio_seconds}) "
+                    "exclude each other; set only one of them"
+                )
+            if self.long_audio_seconds <= 0:
+                raise ValueError(f"{who}: long_audio_seconds must be positive, got {self.long_audio_seconds}")
+        object.__setattr__(self, "long_audio_position", _canonical_position(self.long_audio_position, who))
+        if self.long_audio_distractors not in ("all_tracks", "same_track", "other_tracks"):
+            raise ValueError(
+                f"{who}: long_audio_distractors must be all_tracks, same_track or other_tracks, "
+                f"got {self.long_audio_distractors!r}"
+            )
         if self.prompt_template is not None:
             check_prompt_template(self.prompt_template)
         if self.name is None:
@@ -149,6 +184,12 @@ class Variant:
         if self.pad_seconds is not None:
             noise = f"{_number(self.noise_dbfs)}dB" if self.pad_fill == "noise" and self.noise_dbfs != -40.0 else ""
             parts.append(f"pad{_number(self.pad_seconds)}s-{self.pad_fill}{noise}-{self.pad_position}")
+        if self.long_audio_seconds is not None:
+            position = self.long_audio_position
+            where = position if isinstance(position, str) else f"at{_number(position)}"
+            parts.append(f"long{_number(self.long_audio_seconds)}s-{where}")
+            if self.long_audio_distractors != "all_tracks":
+                parts.append(self.long_audio_distractors)
         if self.strip_options:
             parts.append("no_options")
         if self.ablation != "none":
@@ -162,6 +203,11 @@ class Variant:
         return asdict(self)
 
     def apply_audio(self, wav: np.ndarray, question_id: str) -> PaddedAudio:
+        if self.long_audio_seconds is not None:
+            raise ValueError(
+                f"Variant {self.name!r}: long audio needs distractor clips from other questions; "
+                "build it with salmonn_pl.data.long_audio.build_long_audio (SakuraDataset does)"
+            )
         if self.pad_seconds is None:
             return PaddedAudio(wav=wav, longer_than_target=False, clip_start=0)
         return pad_to_duration(
@@ -181,12 +227,28 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
+def _canonical_position(position: LongAudioPosition, who: str) -> LongAudioPosition:
+    """A fraction equal to early/middle/late becomes that name, so equal variants get equal names."""
+    if isinstance(position, str):
+        if position not in LONG_AUDIO_POSITIONS:
+            raise ValueError(
+                f"{who}: long_audio_position must be early, middle, late or a fraction in [0, 1], got {position!r}"
+            )
+        return position
+    fraction = float(position)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"{who}: long_audio_position fraction must be in [0, 1], got {position}")
+    return next((name for name, value in LONG_AUDIO_POSITIONS.items() if value == fraction), fraction)
+
+
 @dataclass
 class VariantSweep:
     """Every combination of the listed settings, as one config entry.
 
     Settings that do not apply are collapsed: without padding, fill/position/noise level are not
-    swept, and ``noise_dbfs`` only multiplies ``noise`` fills.
+    swept, ``noise_dbfs`` only multiplies ``noise`` fills, and without long audio its position and
+    distractor source are not swept. Padding and long audio exclude each other, so combinations
+    setting both are left out (list ``null`` in one of them to get both kinds of variant).
     """
 
     pad_seconds: list[float | None] = field(default_factory=lambda: [None])
@@ -196,22 +258,34 @@ class VariantSweep:
     strip_options: list[bool] = field(default_factory=lambda: [False])
     ablation: list[Ablation] = field(default_factory=lambda: ["none"])
     prompt_template: list[str | None] = field(default_factory=lambda: [None])
+    long_audio_seconds: list[float | None] = field(default_factory=lambda: [None])
+    long_audio_position: list[LongAudioPosition] = field(default_factory=lambda: ["middle"])
+    long_audio_distractors: list[DistractorSource] = field(default_factory=lambda: ["all_tracks"])
 
     def expand(self) -> list[Variant]:
         variants: dict[str, Variant] = {}
-        for seconds, fill, position, dbfs, strip, ablation, template in itertools.product(
-            self.pad_seconds,
-            self.pad_fill,
-            self.pad_position,
-            self.noise_dbfs,
-            self.strip_options,
-            self.ablation,
-            self.prompt_template,
+        for seconds, fill, position, dbfs, long_seconds, long_position, distractors, strip, ablation, template in (
+            itertools.product(
+                self.pad_seconds,
+                self.pad_fill,
+                self.pad_position,
+                self.noise_dbfs,
+                self.long_audio_seconds,
+                self.long_audio_position,
+                self.long_audio_distractors,
+                self.strip_options,
+                self.ablation,
+                self.prompt_template,
+            )
         ):
+            if seconds is not None and long_seconds is not None:
+                continue
             if seconds is None:
                 fill, position, dbfs = "zero", "early", -40.0
             elif fill != "noise":
                 dbfs = -40.0
+            if long_seconds is None:
+                long_position, distractors = "middle", "all_tracks"
             variant = Variant(
                 pad_seconds=seconds,
                 pad_fill=fill,
@@ -220,8 +294,16 @@ class VariantSweep:
                 strip_options=strip,
                 ablation=ablation,
                 prompt_template=template,
+                long_audio_seconds=long_seconds,
+                long_audio_position=long_position,
+                long_audio_distractors=distractors,
             )
             variants.setdefault(variant.name, variant)
+        if not variants:
+            raise ValueError(
+                f"VariantSweep: every combination sets both pad_seconds {self.pad_seconds} and long_audio_seconds "
+                f"{self.long_audio_seconds}, which exclude each other; add null to one of the lists"
+            )
         return list(variants.values())
 
 

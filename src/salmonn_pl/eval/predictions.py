@@ -52,7 +52,18 @@ def _variant_name(meta: Mapping[str, Any], source: str) -> str:
 
 # Settings of a study variant (``salmonn_pl.data.variants.Variant.params``) when an example's meta
 # carries them flat instead of under ``variant_params``.
-VARIANT_PARAM_KEYS = ("pad_seconds", "pad_fill", "pad_position", "noise_dbfs", "strip_options", "ablation", "prompt_template")
+VARIANT_PARAM_KEYS = (
+    "pad_seconds",
+    "pad_fill",
+    "pad_position",
+    "noise_dbfs",
+    "strip_options",
+    "ablation",
+    "prompt_template",
+    "long_audio_seconds",
+    "long_audio_position",
+    "long_audio_distractors",
+)
 # Example meta fields that become top-level record fields.
 _PROMOTED = {"track", "hop", "instruction", "question", "answer", "variant", "label", "attribute_label", "variant_params"}
 
