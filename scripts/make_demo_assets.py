@@ -18,11 +18,11 @@ from salmonn_pl.model.tiny import write_tiny_salmonn
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(out_dir: Path = ROOT / "assets", seed: int = 0, n_test: int = 12) -> None:
-    """Write ``tiny-salmonn/`` and ``demo-sakura/`` under ``out_dir`` (replacing older copies)."""
+def main(out_dir: Path = ROOT / "assets", seed: int = 0, n_test: int = 12, pretrain_steps: int = 200) -> None:
+    """Write ``tiny-salmonn/`` (LLM pretrained on question/answer text for ``pretrain_steps``) and ``demo-sakura/``."""
     for name in ("tiny-salmonn", "demo-sakura"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
-    write_tiny_salmonn(out_dir / "tiny-salmonn", seed=seed)
+    write_tiny_salmonn(out_dir / "tiny-salmonn", seed=seed, pretrain_steps=pretrain_steps)
     task = out_dir / "demo-sakura"
     write_synthetic_task(task, n_train=0, n_val=0, n_test=n_test, seed=seed)
     # The demo evaluates the SAKURA-layout test split only.

@@ -7,6 +7,8 @@ chosen LightningDataModule (``data.class_path``); YAML recipes live in ``configs
 
 from __future__ import annotations
 
+import logging
+
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -35,6 +37,12 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
 
 def main() -> None:
     """Entry point of the ``salmonn-pl`` console script."""
+    # What a checkpoint load matched, skipped judges, etc. are INFO messages researchers need to see.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+    package_log = logging.getLogger("salmonn_pl")
+    package_log.addHandler(handler)
+    package_log.setLevel(logging.INFO)
     build_cli()
 
 

@@ -132,6 +132,43 @@ class Salmonn(nn.Module):
 
             load_salmonn_checkpoint(self, config.ckpt)
 
+    @classmethod
+    def from_modules(
+        cls,
+        config: SalmonnConfig,
+        tokenizer: SalmonnTokenizer,
+        llm: nn.Module,
+        whisper: nn.Module,
+        beats: BEATs | None = None,
+    ) -> Salmonn:
+        """A SALMONN around parts that are already built, reading no file.
+
+        For models that exist only in memory, e.g. random weights at the released shapes for
+        benchmarks. The parts are used as given: ``llm`` must have at least ``len(tokenizer)``
+        embedding rows and already be frozen / LoRA-wrapped as wanted (see
+        :func:`~salmonn_pl.model.llm.apply_lora`). The connector is created from ``config`` as in
+        ``__init__`` and the encoders are frozen per ``config``; its paths and ``ckpt`` are ignored.
+        """
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.config = config
+        model.tokenizer = tokenizer
+        model.llm = llm
+        model.whisper = whisper
+        model.beats = beats
+        model.connector = WindowQFormer(
+            whisper_width=whisper.config.d_model,
+            beats_width=beats.output_dim if beats is not None else None,
+            llm_width=llm.config.hidden_size,
+            num_query_tokens=config.num_speech_query_token,
+            second_per_window=config.second_per_window,
+            second_stride=config.second_stride,
+            window_level=config.window_level_qformer,
+            qformer=config.qformer,
+        )
+        model._freeze()
+        return model
+
     def _freeze(self) -> None:
         frozen = []
         if self.config.freeze_whisper:
@@ -147,6 +184,14 @@ class Salmonn(nn.Module):
                 module.requires_grad_(False)
         if self.config.freeze_qformer:
             self.connector.query_tokens.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> Salmonn:
+        """Frozen encoders stay in eval mode: BEATs' layer drop and dropouts must not fire in them."""
+        super().train(mode)
+        for module, frozen in ((self.whisper, self.config.freeze_whisper), (self.beats, self.config.freeze_beats)):
+            if module is not None and frozen:
+                module.eval()
+        return self
 
     # -- precision -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -23,7 +23,9 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 
+from salmonn_pl.data.synthetic import QUESTION_STEMS, SOUND_CLASSES
 from salmonn_pl.model.beats import BEATs, BEATsConfig
+from salmonn_pl.model.tokenizer import SalmonnTokenizer
 from salmonn_pl.model.window_qformer import QFormerSettings
 
 ANIMALS = ["dog", "cat", "cow", "pig", "frog", "rooster", "hen", "sheep", "horse", "crow", "bird", "insects"]
@@ -62,17 +64,50 @@ def tiny_qformer_settings(sizes: TinySizes | None = None) -> QFormerSettings:
     return QFormerSettings(hidden_size=sizes.qformer_width, num_attention_heads=4, intermediate_size=2 * sizes.qformer_width, num_hidden_layers=sizes.qformer_layers)
 
 
-def _corpus(seed: int) -> list[str]:
+def _corpus(seed: int, n: int = 3000) -> list[str]:
+    """Question/answer dialogues in the SALMONN prompt format (audio slot left empty).
+
+    Options come from SAKURA-like vocabularies and from the synthetic task's sound classes, so a
+    tiny LLM pretrained on it answers in the benchmark's format and knows the option words; which
+    option is right is uniform, so it has no prior to exploit.
+    """
     rng = random.Random(seed)
     words = ANIMALS + EMOTIONS + LANGUAGES + COUNTRIES + SOUNDS + ["male", "female", "man", "woman"]
+    vocabularies = [words, [c.name for c in SOUND_CLASSES], [c.source for c in SOUND_CLASSES]]
+    stems = QUESTIONS + [q for hop in QUESTION_STEMS.values() for q in hop]
     lines = []
-    for _ in range(3000):
-        options = rng.sample(words, 4)
+    for _ in range(n):
+        options = rng.sample(rng.choice(vocabularies), 4)
         opts = " ".join(f"({'abcd'[i]}) {o}" for i, o in enumerate(options))
         k = rng.randrange(4)
-        lines.append(f"USER: <Speech><SpeechHere></Speech> {rng.choice(QUESTIONS)} {opts}\nASSISTANT: ({'abcd'[k]}) {options[k]}")
-        lines.append(f"The speaker sounds {rng.choice(EMOTIONS)}. I cannot determine the answer. It is a {rng.choice(SOUNDS)}.")
+        lines.append(f"USER: <Speech></Speech> {rng.choice(stems)} {opts}\nASSISTANT: ({'abcd'[k]}) {options[k]}")
+    lines += [f"The speaker sounds {rng.choice(EMOTIONS)}. I cannot determine the answer. It is a {rng.choice(SOUNDS)}." for _ in range(n // 4)]
     return lines
+
+
+def pretrain_llm(llm, tokenizer: SalmonnTokenizer, lines: list[str], steps: int, seed: int, batch_size: int = 32, lr: float = 3e-3) -> list[float]:
+    """A few hundred steps of next-token training on ``lines`` (CPU seconds); returns the losses.
+
+    A random LLM would have to learn the answer format and the option words from the audio task
+    itself; a briefly pretrained one, like Vicuna for SALMONN, only has to learn to listen.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    encoded = [[tokenizer.bos_token_id, *tokenizer.encode(line), tokenizer.eos_token_id] for line in lines]
+    optimizer = torch.optim.AdamW(llm.parameters(), lr=lr, weight_decay=0.0)
+    llm.train()
+    losses = []
+    for _ in range(steps):
+        rows = [encoded[i] for i in torch.randint(len(encoded), (batch_size,), generator=generator).tolist()]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = llm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int, seed: int) -> int:
@@ -104,8 +139,18 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int) -> int:
     return spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
 
 
-def write_tiny_salmonn(out_dir: str | Path, seed: int = 0, sizes: TinySizes | None = None, with_beats: bool = True) -> dict[str, Path]:
-    """Write a random tiny SALMONN under ``out_dir``; returns the paths a config needs."""
+def write_tiny_salmonn(
+    out_dir: str | Path,
+    seed: int = 0,
+    sizes: TinySizes | None = None,
+    with_beats: bool = True,
+    pretrain_steps: int = 0,
+) -> dict[str, Path]:
+    """Write a tiny SALMONN under ``out_dir``; returns the paths a config needs.
+
+    Weights are random; with ``pretrain_steps`` the LLM is first trained on question/answer text
+    (see :func:`pretrain_llm`) so that it writes answers in the benchmark's format.
+    """
     from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     from salmonn_pl.model.checkpoint import export_official_checkpoint
@@ -155,7 +200,9 @@ def write_tiny_salmonn(out_dir: str | Path, seed: int = 0, sizes: TinySizes | No
             tie_word_embeddings=False,
         )
     )
-    llm.half().save_pretrained(llm_dir)
+    if pretrain_steps:
+        pretrain_llm(llm, SalmonnTokenizer(llm_dir), _corpus(seed + 1), pretrain_steps, seed)
+    llm.eval().half().save_pretrained(llm_dir)
 
     paths = {"llm_path": llm_dir, "whisper_path": whisper_dir}
     if with_beats:
