@@ -73,7 +73,11 @@ class SalmonnConfig:
     freeze_proj: bool = False
     max_txt_len: int = 300
     end_sym: str = "</s>"
-    # Precision as separate knobs: the study compares fp16 weights under fp32 autocast, etc.
+    # Precision as separate knobs. llm_dtype: the LLM's weights (the official code loads float16).
+    # autocast_dtype: float16/bfloat16 autocast around encoders, Q-Former and LLM (the official GPU
+    # path uses float16); "float32"/"none": no autocast, every module computes in its own weight
+    # dtype (float32 encoders and Q-Former; with float16 LLM weights this is the study's
+    # "fp16 weights, fp32 autocast" setting).
     llm_dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     autocast_dtype: Literal["none", "float32", "float16", "bfloat16"] = "none"
     load_in_8bit: bool = False
@@ -195,7 +199,7 @@ class Salmonn(nn.Module):
 
     # -- precision -------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.config.autocast_dtype == "none":
+        if self.config.autocast_dtype in ("none", "float32"):
             return contextlib.nullcontext()
         device = next(self.parameters()).device
         return torch.autocast(device.type, dtype=DTYPES[self.config.autocast_dtype])
