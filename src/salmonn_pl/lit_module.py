@@ -9,25 +9,30 @@ metrics, the report and the SAKURA-format result files at the end.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
 
+from salmonn_pl.data.variants import Ablation
 from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, diverse_beam_generate
 from salmonn_pl.generation.format_forcing import FormatForcingSettings, format_forcing_processor
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
-from salmonn_pl.model.checkpoint import trainable_state_dict
-from salmonn_pl.model.llm import set_lora_scale
-from salmonn_pl.data.variants import Ablation
+from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
+from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn, SalmonnConfig
-from salmonn_pl.training.objectives import Objectives, margin_penalty
+from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
+from salmonn_pl.training.objectives import Objectives, kl_to_uniform, lm_loss, margin_penalty, text_only_accuracy
+from salmonn_pl.training.option_prior import text_only_option_logprobs
+from salmonn_pl.training.rng import seeded_rng, step_seed
 from salmonn_pl.training.schedule import OptimSettings, build_optimizer
+
+# Count of questions behind text_only_acc, returned by _losses for weighting the log (not logged).
+TEXT_ONLY_KNOWN = "text_only_known"
 
 
 class SalmonnModule(L.LightningModule):
@@ -49,6 +54,7 @@ class SalmonnModule(L.LightningModule):
         run_name: str = "",
         objectives: Objectives | None = None,
         optim: OptimSettings | None = None,
+        dropout_seed: int | None = None,
     ):
         """
         Args:
@@ -70,6 +76,9 @@ class SalmonnModule(L.LightningModule):
             run_name: the run's row name in reports (default: the output directory's name).
             objectives: training objectives and their weights.
             optim: AdamW + warm-up/cosine schedule settings.
+            dropout_seed: seed of the training dropout streams, drawn per (rank, epoch, batch) so that a
+                resumed fit repeats an uninterrupted one exactly; ``None`` takes the run's seed
+                (``seed_everything``) at fit start. Kept in checkpoints.
         """
         super().__init__()
         self.save_hyperparameters(ignore=["judge"])
@@ -89,6 +98,7 @@ class SalmonnModule(L.LightningModule):
         self.run_name = run_name or self.output_dir.name
         self.objectives = objectives or Objectives()
         self.optim = optim or OptimSettings()
+        self.dropout_seed = dropout_seed
         self.salmonn: Salmonn | None = None
         # Lightning checkpoints hold only the trainable weights (see on_save_checkpoint).
         self.strict_loading = False
@@ -133,31 +143,65 @@ class SalmonnModule(L.LightningModule):
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
-        m = self.salmonn
-        audio = self.encode(batch)
-        inputs = m.assemble(batch["prompt"], audio, batch["text"], self.padding_side)
+        """Every objective term of the batch (for logging) and their weighted sum ``"loss"``."""
+        m, objectives = self.salmonn, self.objectives
+        inputs = m.assemble(batch["prompt"], self.encode(batch), batch["text"], self.padding_side)
         logp, n = m.target_logprobs(m.llm_logits(inputs), inputs.labels)
-        losses = {"loss_lm": -logp.sum() / n.sum().clamp(min=1)}
-        loss = self.objectives.lm_weight * losses["loss_lm"]
-        if self.objectives.prior_contrast_weight > 0:
-            text_inputs = m.assemble(batch["prompt"], None, batch["text"], self.padding_side)
-            logp_text, _ = m.target_logprobs(m.llm_logits(text_inputs), text_inputs.labels)
-            penalty, gain = margin_penalty(logp, logp_text, n, self.objectives.margin)
-            losses.update(loss_prior=penalty, audio_gain=gain)
-            loss = loss + self.objectives.prior_contrast_weight * penalty
+        losses = {"loss_lm": lm_loss(logp, n)}
+        loss = objectives.lm_weight * losses["loss_lm"]
+        if objectives.prior_contrast_weight > 0:
+            losses.update(self._prior_contrast(batch, logp, n))
+            loss = loss + objectives.prior_contrast_weight * losses["loss_prior"]
         losses["loss"] = loss
         return losses
 
+    def _prior_contrast(self, batch: dict, logp_audio: torch.Tensor, n_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prior-contrast term ``loss_prior`` and its diagnostics, from a text-only pass over the batch."""
+        m, objectives = self.salmonn, self.objectives
+        if objectives.prior_contrast_kind == "margin":
+            text_inputs = m.assemble(batch["prompt"], None, batch["text"], self.padding_side)
+            logp_text, _ = m.target_logprobs(m.llm_logits(text_inputs), text_inputs.labels)
+            penalty, gain = margin_penalty(logp_audio, logp_text, n_tokens, objectives.margin)
+            return {"loss_prior": penalty, "audio_gain": gain}
+        metas = batch.get("meta") or [{}] * len(batch["prompt"])
+        questions = [meta.get("question") or meta.get("instruction") for meta in metas]
+        options = text_only_option_logprobs(m, batch["prompt"], questions, batch["text"], self.padding_side)
+        # Every batch logs the same keys (ranks that disagree would hang a synced log); text_only_acc
+        # is weighted by the questions whose answer is known, so batches without any count for nothing.
+        no_answer = {"text_only_acc": logp_audio.new_zeros(()), TEXT_ONLY_KNOWN: logp_audio.new_zeros(())}
+        if options is None:
+            # No multiple-choice question in the batch: the term is zero (kept in the graph for DDP).
+            return {"loss_prior": logp_audio.sum() * 0.0, **no_answer}
+        terms = {"loss_prior": kl_to_uniform(options.logps, options.lengths, options.valid), **no_answer}
+        accuracy = text_only_accuracy(options.logps.detach(), options.lengths, options.valid, options.answers)
+        if accuracy is not None:
+            terms.update({"text_only_acc": accuracy, TEXT_ONLY_KNOWN: (options.answers >= 0).sum()})
+        return terms
+
+    def _log_losses(self, stage: str, losses: dict[str, torch.Tensor], batch_size: int, **kwargs) -> None:
+        known = losses.pop(TEXT_ONLY_KNOWN, None)
+        for name, value in losses.items():
+            weight = int(known) if name == "text_only_acc" else batch_size
+            self.log(f"{stage}/{name}", value, batch_size=weight, **kwargs)
+
+    def on_fit_start(self) -> None:
+        # The dropout streams derive from the run's seed (seed_everything's, when set); a resumed run
+        # gets it back from its checkpoint, and every rank uses rank 0's.
+        if self.dropout_seed is None:
+            self.dropout_seed = int(self.trainer.strategy.broadcast(torch.initial_seed(), src=0))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        losses = self._losses(batch)
+        seed = step_seed(self.dropout_seed or 0, self.global_rank, self.current_epoch, batch_idx)
+        with seeded_rng(seed, self.device):
+            losses = self._losses(batch)
         bs = len(batch["prompt"])
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True, batch_size=bs, sync_dist=False)
+        loss = losses["loss"]
+        self._log_losses("train", losses, bs, prog_bar=True, sync_dist=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
-        return losses["loss"]
+        return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        losses = self._losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["prompt"]), sync_dist=True)
+        self._log_losses("val", self._losses(batch), len(batch["prompt"]), sync_dist=True)
 
     def configure_optimizers(self):
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -166,17 +210,24 @@ class SalmonnModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Frozen encoders and the base LLM are never saved: a 13B model's checkpoint stays tens of MB.
-        checkpoint["state_dict"] = {f"salmonn.{k}": v for k, v in trainable_state_dict(self.salmonn).items()}
+        if "state_dict" in checkpoint:  # absent under DeepSpeed, which writes the weights itself
+            checkpoint["state_dict"] = trainable_checkpoint_state(checkpoint["state_dict"], self.salmonn, "salmonn.")
+        if "hyper_parameters" in checkpoint:
+            checkpoint["hyper_parameters"] = plain_hyperparameters(checkpoint["hyper_parameters"])
+        checkpoint["dropout_seed"] = self.dropout_seed
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
-        from salmonn_pl.model.llm import set_pad_rows
-
         self.configure_model()
+        if checkpoint.get("dropout_seed") is not None:
+            self.dropout_seed = int(checkpoint["dropout_seed"])
+        if "state_dict" not in checkpoint:
+            return
         state = checkpoint["state_dict"]
         rows = [state.pop(f"salmonn.{k}", None) for k in PAD_ROW_KEYS]
         if all(r is not None for r in rows):
             set_pad_rows(self.salmonn.llm, *rows)
+        # Lightning then loads non-strictly (the frozen weights are absent), so check the trainable ones here.
+        check_trainable_state(state, self.salmonn, "salmonn.")
 
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -234,7 +285,9 @@ class SalmonnModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         skipped = getattr(datamodule, "skipped", ())
         counts = self.evaluator.finish(logger=self.loggers, skipped=skipped)
-        self.log_dict(self.evaluator.log_dict(counts), rank_zero_only=True)
+        # Every rank holds the same gathered counts: syncing them changes no value, and without it
+        # Lightning warns once per metric key under DDP.
+        self.log_dict(self.evaluator.log_dict(counts), sync_dist=True)
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

@@ -20,6 +20,7 @@ from salmonn_pl.eval.metrics import (
     difference_pp,
     flat_metrics,
     overall,
+    table_columns,
 )
 
 
@@ -150,3 +151,10 @@ def test_two_gloo_processes_give_the_single_process_metrics():
     assert {SliceKey(d["track"], d["hop"], d["variant"]) for d in expected} == {
         SliceKey(r["track"], r["hop"], r["variant"]) for r in records
     }
+
+
+def test_table_columns_append_other_tracks_after_the_study_ones():
+    assert table_columns(COLUMNS) == COLUMNS
+    assert table_columns([]) == COLUMNS
+    present = ["synthetic-single", "animal-multi", AVERAGE, "birds-multi", "synthetic-multi", "synthetic-single"]
+    assert table_columns(present) == (*COLUMNS, "birds-multi", "synthetic-multi", "synthetic-single")

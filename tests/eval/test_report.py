@@ -122,3 +122,42 @@ def test_wandb_offline_logging(tmp_path, monkeypatch, sweep_run):
     assert len(tables["slices"]["data"]) == len(sweep_run.counts)
     assert list((run_dir / "files" / "media" / "images" / "test" / "plots").glob("position_accuracy*.png"))
     assert summary["test/acc/original/emotion-single"] == pytest.approx(sweep_run.table["original"]["emotion-single"])
+
+
+def _with_synthetic_track(records: list[dict]) -> list[dict]:
+    """The records plus a copy of the Animal ones relabelled as the demo's ``Synthetic`` track."""
+    synthetic = [{**r, "id": "Synthetic" + r["id"][len("Animal"):], "track": "Synthetic"}
+                 for r in records if r["track"] == "Animal"]
+    return records + synthetic
+
+
+def test_other_tracks_get_their_own_columns_after_the_study_ones():
+    run = Run("mixed", _with_synthetic_track(judged_records(n_clips=3)))
+    text = render_report([run])
+    rows = _markdown_rows(text, "## Accuracy (%)")
+    header = rows.pop("variant")
+    assert header == [*COLUMNS, "synthetic-multi", "synthetic-single", AVERAGE]
+    published = rows.pop("SALMONN (published)")
+    assert published[:8] == [f"{v:.1f}" for v in PUBLISHED_SALMONN.values()]
+    assert published[8:10] == ["–", "–"]
+    row = run.table["original"]
+    assert rows["original"] == [f"{row[c]:.1f}" for c in header]
+    # The copied track scores what the Animal track scores: the cells come from its own slices.
+    assert row["synthetic-multi"] == row["animal-multi"] and row["synthetic-single"] == row["animal-single"]
+
+    unjudged = _markdown_rows(text, "## Unjudged answers (count)")
+    assert unjudged.pop("variant") == [*COLUMNS, "synthetic-multi", "synthetic-single"]
+    counts = {c.key.column: c.unjudged for c in run.counts}
+    assert unjudged["original"] == [str(counts[c]) for c in (*COLUMNS, "synthetic-multi", "synthetic-single")]
+
+
+def test_a_run_of_another_track_only_fills_its_own_columns():
+    records = [r for r in _with_synthetic_track(judged_records(n_clips=3)) if r["track"] == "Synthetic"]
+    run = Run("demo", records)
+    rows = _markdown_rows(render_report([run]), "## Accuracy (%)")
+    header = rows.pop("variant")
+    assert header == [*COLUMNS, "synthetic-multi", "synthetic-single", AVERAGE]
+    cells = dict(zip(header, rows["original"]))
+    assert all(cells[c] == "–" for c in COLUMNS)
+    assert cells["synthetic-single"] == f"{run.table['original']['synthetic-single']:.1f}" != "–"
+    assert "SALMONN (published)" in rows

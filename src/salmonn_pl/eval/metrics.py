@@ -91,6 +91,13 @@ def variant_sort_key(variant: str) -> tuple:
     return (variant != "original", parts)
 
 
+def table_columns(present: Iterable[str]) -> tuple[str, ...]:
+    """Columns of a results table: the study's eight, then the columns of any other track present
+    (e.g. ``synthetic-multi``, ``synthetic-single`` of the demo data), sorted. ``average`` is left out."""
+    extra = sorted(set(present) - set(COLUMNS) - {AVERAGE})
+    return (*COLUMNS, *extra)
+
+
 def _slice_order(key: SliceKey) -> tuple:
     column = COLUMNS.index(key.column) if key.column in COLUMNS else len(COLUMNS)
     return (variant_sort_key(key.variant), column, key.track, key.hop)

@@ -2,7 +2,8 @@
 
 Tables are laid out like the study's: one row per run and variant, one column per track and hop
 (animal-multi, animal-single, ..., language-single) plus their average, with SALMONN's published
-row on top for reference. Derived tables: the delta of every row against a baseline, and the
+row on top for reference. Tracks beyond the four SAKURA ones (e.g. the demo's ``Synthetic``) get
+their own columns after the study's. Derived tables: the delta of every row against a baseline, and the
 audio-grounding gap (accuracy with audio minus accuracy of the matching text-only row, i.e. the
 variant whose audio tokens are all zeroed), both in percentage points.
 """
@@ -21,7 +22,6 @@ from matplotlib.figure import Figure
 
 from salmonn_pl.eval.metrics import (
     AVERAGE,
-    COLUMNS,
     PUBLISHED_SALMONN,
     TRACKS,
     SliceCounts,
@@ -31,6 +31,7 @@ from salmonn_pl.eval.metrics import (
     difference_pp,
     flat_metrics,
     overall,
+    table_columns,
     unjudged_table,
 )
 from salmonn_pl.eval.predictions import PREDICTIONS_FILE, Record, read_predictions
@@ -139,6 +140,10 @@ def _fmt(value: float | int | None, signed: bool = False) -> str:
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
+def _track_columns(runs: Sequence[Run]) -> tuple[str, ...]:
+    return table_columns(c.key.column for run in runs for c in run.counts)
+
+
 def _table(
     first_header: str, rows: Sequence[tuple[str, Mapping[str, Any]]], columns: Sequence[str], signed: bool = False
 ) -> list[str]:
@@ -156,13 +161,14 @@ def render_report(
     plots: Sequence[str] = (),
 ) -> str:
     """The Markdown report; ``plots`` are image paths relative to the report."""
-    columns = (*COLUMNS, AVERAGE)
+    track_columns = _track_columns([*runs, *(r for r in (baseline, text_only_run) if r is not None)])
+    columns = (*track_columns, AVERAGE)
     judges = sorted({j for run in runs for j in run.judges}) or ["none"]
     lines = [
         "# SAKURA results",
         "",
-        f"Judge: {', '.join(judges)}. Accuracy (%) = correct answers / questions; answers the judge could not "
-        "decide (`unjudged`) count as not correct and are listed separately.",
+        (f"Judge: {', '.join(judges)}. Accuracy (%) = correct answers / questions; answers the judge could not "
+         "decide (`unjudged`) count as not correct and are listed separately."),
         "",
         "## Accuracy (%)",
         "",
@@ -181,7 +187,7 @@ def render_report(
                      if any(row.values())]
     if unjudged_rows:
         lines += ["", "## Unjudged answers (count)", ""]
-        lines += _table("run / variant" if len(runs) > 1 else "variant", unjudged_rows, COLUMNS)
+        lines += _table("run / variant" if len(runs) > 1 else "variant", unjudged_rows, track_columns)
 
     if baseline is not None:
         lines += ["", f"## Delta vs baseline {baseline.name}{' / ' + baseline_variant if baseline_variant else ''} (%p)", ""]
@@ -349,8 +355,9 @@ def log_to_wandb(
                               data=[[r.get(c) for c in PREDICTION_COLUMNS] for r in run.records])
     slice_columns = ["track", "hop", "variant", "column", "questions", "correct", "incorrect", "unjudged", "accuracy"]
     slices = wandb.Table(columns=slice_columns, data=[[c.as_dict()[k] for k in slice_columns] for c in run.counts])
-    accuracy = wandb.Table(columns=["variant", *COLUMNS, AVERAGE],
-                           data=[[variant, *(row.get(c) for c in (*COLUMNS, AVERAGE))] for variant, row in run.table.items()])
+    columns = (*_track_columns([run]), AVERAGE)
+    accuracy = wandb.Table(columns=["variant", *columns],
+                           data=[[variant, *(row.get(c) for c in columns)] for variant, row in run.table.items()])
     payload: dict[str, Any] = {
         **flat,
         f"{prefix}/predictions": predictions,
