@@ -18,7 +18,7 @@ import torch
 from torchmetrics.functional import cohen_kappa
 
 from salmonn_pl.eval.judge_rule import VERDICTS
-from salmonn_pl.eval.metrics import AVERAGE, COLUMNS, Table, accuracy_table, count_slices, difference_pp
+from salmonn_pl.eval.metrics import AVERAGE, Table, accuracy_table, count_slices, difference_pp, table_columns
 from salmonn_pl.eval.predictions import Key, Record, dedupe, record_key
 
 
@@ -119,6 +119,7 @@ def _cell(value: float | None) -> str:
 
 
 def consistency_markdown(result: Consistency, name_a: str = "a", name_b: str = "b") -> str:
+    columns = table_columns(c for row in result.delta_pp.values() for c in row if c != AVERAGE)
     lines = [
         f"# Consistency: {name_a} vs {name_b}",
         "",
@@ -129,11 +130,11 @@ def consistency_markdown(result: Consistency, name_a: str = "a", name_b: str = "
         "",
         f"## Accuracy delta ({name_b} - {name_a}, %p, shared questions)",
         "",
-        "| variant | " + " | ".join((*COLUMNS, AVERAGE)) + " |",
-        "|---|" + "---:|" * (len(COLUMNS) + 1),
+        "| variant | " + " | ".join((*columns, AVERAGE)) + " |",
+        "|---|" + "---:|" * (len(columns) + 1),
     ]
     for variant, row in result.delta_pp.items():
-        lines.append(f"| {variant} | " + " | ".join(_cell(row.get(c)) for c in (*COLUMNS, AVERAGE)) + " |")
+        lines.append(f"| {variant} | " + " | ".join(_cell(row.get(c)) for c in (*columns, AVERAGE)) + " |")
     if result.agreement is not None:
         ag = result.agreement
         lines += [

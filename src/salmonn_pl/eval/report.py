@@ -234,14 +234,15 @@ def _position_series(run: Run) -> dict[str, dict[float, str]]:
     for variant, params in run.variant_params.items():
         if params.get("ablation", "none") != "none":
             continue
-        position = params.get("pad_position", params.get("position"))
-        seconds = params.get("pad_seconds", params.get("total_seconds"))
+        if params.get("long_audio_seconds") is not None:
+            position, seconds, fill = params.get("long_audio_position"), params["long_audio_seconds"], "distractors"
+        else:
+            position, seconds, fill = params.get("pad_position"), params.get("pad_seconds"), params.get("pad_fill", "?")
         if position is None or seconds is None:
             continue
         x = POSITIONS.get(position, position) if isinstance(position, str) else float(position)
         if not isinstance(x, float):
             continue
-        fill = params.get("pad_fill", "distractors" if "total_seconds" in params else "?")
         series.setdefault(f"{fill} {float(seconds):g}s", {})[x] = variant
     return series
 
@@ -249,7 +250,7 @@ def _position_series(run: Run) -> dict[str, dict[float, str]]:
 def _unpadded_variant(run: Run) -> str | None:
     for variant, params in run.variant_params.items():
         if params and params.get("pad_seconds", 0) is None and not params.get("strip_options") \
-                and params.get("ablation", "none") == "none" and "total_seconds" not in params:
+                and params.get("ablation", "none") == "none" and params.get("long_audio_seconds") is None:
             return variant
     return "original" if "original" in run.table else None
 
