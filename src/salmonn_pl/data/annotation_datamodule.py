@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from salmonn_pl.data.annotations import (
+    PROMPT_TEMPLATE,
+    AnnotationDataset,
+    EpochSampler,
+    load_prompts,
+)
 from salmonn_pl.data.audio import ChannelPolicy
-from salmonn_pl.data.annotations import PROMPT_TEMPLATE, AnnotationDataset, EpochSampler, load_prompts
 from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.training.resumable import ResumableDataLoader
 
 
 class AnnotationDataModule(LightningDataModule):
@@ -79,7 +86,8 @@ class AnnotationDataModule(LightningDataModule):
     def _loader(self, dataset: AnnotationDataset, sampler: EpochSampler | None) -> DataLoader:
         # Non-persistent workers: they are re-forked each epoch and so see the epoch that the sampler
         # passed to the dataset.
-        return DataLoader(
+        # Resumable: `fit --ckpt_path` continues mid-epoch at the next batch, not at the epoch's start.
+        return ResumableDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = "salmonn-pl/trainable-v1"
 PAD_ROW_KEYS = ("llm.pad_row.embed_tokens", "llm.pad_row.lm_head")
+# Where SalmonnModule keeps the model, hence the key prefix in `salmonn-pl fit` checkpoints.
+LIGHTNING_PREFIX = "salmonn."
 
 # Buffers the official checkpoints carry that we recompute instead of loading.
 _DROPPED = (
@@ -104,7 +106,8 @@ def _read(path: str | Path) -> dict:
 
 
 def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int]:
-    """Load an official SALMONN ``.pth`` or a salmonn-pl checkpoint into ``model``.
+    """Load an official SALMONN ``.pth``, a salmonn-pl checkpoint, or a ``salmonn-pl fit`` Lightning
+    ``.ckpt`` (weights under ``salmonn.``) into ``model``.
 
     Returns counts of loaded tensors per top-level module. Raises on keys that cannot be placed
     and on shape mismatches, naming the file and the keys.
@@ -112,6 +115,13 @@ def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int
     obj = _read(path)
     if obj.get("format") == FORMAT:
         state = dict(obj["state_dict"])
+    elif "pytorch-lightning_version" in obj and isinstance(obj.get("state_dict"), dict):
+        outside = [k for k in obj["state_dict"] if not k.startswith(LIGHTNING_PREFIX)]
+        if outside:
+            raise ValueError(
+                f"{path}: Lightning checkpoint with weights outside '{LIGHTNING_PREFIX}' (not a salmonn-pl fit?): {outside[:10]}"
+            )
+        state = {k[len(LIGHTNING_PREFIX) :]: v for k, v in obj["state_dict"].items()}
     elif "model" in obj and isinstance(obj["model"], dict):
         state = {}
         unplaced = []
@@ -126,7 +136,10 @@ def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int
         if unplaced:
             raise ValueError(f"{path}: {len(unplaced)} keys cannot be placed in SALMONN: {unplaced[:10]}")
     else:
-        raise ValueError(f"{path}: neither an official SALMONN checkpoint ({{'model': ...}}) nor a salmonn-pl checkpoint")
+        raise ValueError(
+            f"{path}: neither an official SALMONN checkpoint ({{'model': ...}}), a salmonn-pl checkpoint, "
+            "nor a salmonn-pl fit Lightning checkpoint"
+        )
 
     pad_rows = [state.pop(k, None) for k in PAD_ROW_KEYS]
     own = model.state_dict()

@@ -9,38 +9,89 @@ log-likelihoods with the audio tokens in the prompt and with them removed (text-
   audio raises the answer's likelihood by at least ``m`` nats per token over what the question
   alone gives, so it pushes down answers the text alone already predicts (and up the audio's say).
 * ``prior_contrast`` (``kind="kl_uniform"``): with the audio removed, the model's distribution over
-  the options ``π_t(o) ∝ exp(log p(o | q) / |o|)`` is pulled toward uniform:
-  ``KL(U || π_t) = -log K - mean_o log π_t(o)``. A model with no audio should have no preference.
+  the K options ``π_t(o) ∝ exp(log p(o | q) / |o|)`` is pulled toward uniform:
+  ``KL(U || π_t) = -log K - mean_o log π_t(o)``, averaged over the questions that have options
+  (each option is scored as the answer ``"(x) text"``). A model with no audio should have no preference.
 
-Both terms are logged separately (``train/loss_lm``, ``train/loss_prior``, ``train/audio_gain``).
+The total is ``lm_weight · lm + prior_contrast_weight · prior_contrast``. Every term is logged on
+its own: ``loss_lm``, ``loss_prior``, and ``audio_gain`` (mean ``ℓ_a - ℓ_t``, margin) or
+``text_only_acc`` (how often the text-only favourite option is the right one, kl_uniform).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+PRIOR_KINDS = ("margin", "kl_uniform")
+
 
 @dataclass
 class Objectives:
+    """Which training terms are on, and their weights (see the module docstring for the formulas).
+
+    Args:
+        lm_weight: weight of the official next-token loss on the answer.
+        prior_contrast_weight: weight of the prior-contrast term; 0 turns it (and its text-only pass) off.
+        prior_contrast_kind: ``"margin"`` on ``ℓ_a - ℓ_t``, or ``"kl_uniform"`` on the text-only option distribution.
+        margin: ``m`` of the margin penalty, in nats per answer token.
+    """
+
     lm_weight: float = 1.0
     prior_contrast_weight: float = 0.0
     prior_contrast_kind: Literal["margin", "kl_uniform"] = "margin"
     margin: float = 0.5
 
+    def __post_init__(self) -> None:
+        if self.prior_contrast_kind not in PRIOR_KINDS:
+            raise ValueError(
+                f"Objectives.prior_contrast_kind must be one of {PRIOR_KINDS}, got {self.prior_contrast_kind!r}"
+            )
+        for name in ("lm_weight", "prior_contrast_weight", "margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"Objectives.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lm_weight == 0 and self.prior_contrast_weight == 0:
+            raise ValueError("Objectives: lm_weight and prior_contrast_weight are both 0, nothing would be trained")
 
-def margin_penalty(logp_audio: torch.Tensor, logp_text: torch.Tensor, n_tokens: torch.Tensor, margin: float) -> tuple[torch.Tensor, torch.Tensor]:
+
+def lm_loss(logp: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+    """The official token-mean loss ``-Σ log p(y | a, q) / Σ n`` from per-row sums and counts."""
+    return -logp.sum() / n_tokens.sum().clamp(min=1)
+
+
+def margin_penalty(
+    logp_audio: torch.Tensor, logp_text: torch.Tensor, n_tokens: torch.Tensor, margin: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``mean(relu(m - (ℓ_a - ℓ_t)))`` and the mean audio gain ``ℓ_a - ℓ_t`` (for logging)."""
     gain = (logp_audio - logp_text) / n_tokens.clamp(min=1)
     return torch.relu(margin - gain).mean(), gain.detach().mean()
 
 
-def kl_to_uniform(option_logps: torch.Tensor, option_lengths: torch.Tensor) -> torch.Tensor:
-    """``KL(U || π_t)`` averaged over questions; ``option_logps`` / ``option_lengths`` are ``[B, K]``."""
-    scores = option_logps / option_lengths.clamp(min=1)
-    log_pi = scores.log_softmax(-1)
-    k = option_logps.size(-1)
-    return (-math.log(k) - log_pi.mean(-1)).mean()
+def kl_to_uniform(
+    option_logps: torch.Tensor, option_lengths: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``KL(U || π_t)`` averaged over questions; ``option_logps`` / ``option_lengths`` are ``[B, K]``.
+
+    ``valid [B, K]`` marks the real options when questions have different numbers of options (the
+    rest is padding and ignored); every question needs at least two.
+    """
+    if valid is None:
+        valid = torch.ones_like(option_logps, dtype=torch.bool)
+    scores = (option_logps / option_lengths.clamp(min=1)).masked_fill(~valid, float("-inf"))
+    log_pi = scores.log_softmax(-1).masked_fill(~valid, 0.0)
+    k = valid.sum(-1).to(option_logps.dtype)
+    return (-k.log() - log_pi.sum(-1) / k).mean()
+
+
+def text_only_accuracy(
+    option_logps: torch.Tensor, option_lengths: torch.Tensor, valid: torch.Tensor, answers: torch.Tensor
+) -> torch.Tensor | None:
+    """Share of questions whose text-only favourite option is the answer (``answers [B]``, -1 = unknown);
+    ``None`` when no answer is known."""
+    scores = (option_logps / option_lengths.clamp(min=1)).masked_fill(~valid, float("-inf"))
+    known = answers >= 0
+    if not known.any():
+        return None
+    return (scores.argmax(-1) == answers)[known].float().mean()

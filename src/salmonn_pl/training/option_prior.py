@@ -1,0 +1,90 @@
+"""The LLM's text prior over a question's options, with gradients: the input of ``kl_uniform``.
+
+Every option of every multiple-choice question in the batch is scored as the answer ``"(x) text"``
+(the SAKURA answer format, ``</s>`` included) after the row's own prompt with the audio tokens
+removed. All (question x option) rows go through the LLM in one forward pass, keeping logits only
+for the answer positions. Unlike :func:`salmonn_pl.generation.option_scoring.score_options` this
+keeps the graph, so a loss on the scores trains the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from salmonn_pl.data.annotations import option_letter, parse_answer, parse_question
+from salmonn_pl.model.salmonn import PaddingSide, Salmonn
+
+
+@dataclass
+class OptionLikelihoods:
+    """Text-only answer log-likelihoods of the options of ``Q`` questions, padded to ``K`` options."""
+
+    logps: torch.Tensor  # [Q, K] summed log p of "(x) text</s>" given the text-only prompt
+    lengths: torch.Tensor  # [Q, K] answer tokens per option
+    valid: torch.Tensor  # [Q, K] bool, False on padding
+    answers: torch.Tensor  # [Q] position of the correct option, -1 when the target names none
+    rows: list[int]  # the batch row of each question
+
+
+def answer_position(target: str, options: list[str]) -> int:
+    """Option position named by a target such as ``"(b) cat"``; -1 if it names no option of the list."""
+    parsed = parse_answer(target)
+    if parsed is None:
+        return -1
+    _, position, text = parsed
+    if position >= len(options) or (text and text != options[position]):
+        return -1
+    return position
+
+
+def text_only_option_logprobs(
+    salmonn: Salmonn,
+    prompts: list[str],
+    questions: list[str | None],
+    targets: list[str],
+    padding_side: PaddingSide = "left",
+) -> OptionLikelihoods | None:
+    """Score the options of each row's question with the audio removed; ``None`` if no row has options.
+
+    Rows whose question has no ``"(a) ... (b) ..."`` options (e.g. open questions, or variants with
+    the options stripped), or whose question does not appear in the prompt, are left out.
+    """
+    rows, option_lists = [], []
+    for row, (prompt, question) in enumerate(zip(prompts, questions)):
+        parsed = parse_question(question) if question else None
+        if parsed is not None and prompt.count(question) == 1:
+            rows.append(row)
+            option_lists.append(parsed.options)
+    if not rows:
+        return None
+
+    flat_prompts = [prompts[row] for row, options in zip(rows, option_lists) for _ in options]
+    flat_answers = [f"({option_letter(i)}) {text}" for options in option_lists for i, text in enumerate(options)]
+    inputs = salmonn.assemble(flat_prompts, None, flat_answers, padding_side)
+    # Only the positions that predict answer tokens need logits ([rows, L, vocab] would dominate memory).
+    first_target = int((inputs.labels != -100).int().argmax(dim=1).min())
+    keep = inputs.labels.shape[1] - first_target + 1
+    with salmonn.autocast():
+        logits = salmonn.llm(
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
+            use_cache=False,
+            logits_to_keep=keep,
+        ).logits
+    flat_logp, flat_count = salmonn.target_logprobs(logits, inputs.labels[:, -keep:])
+
+    n_questions, k = len(rows), max(len(options) for options in option_lists)
+    device = flat_logp.device
+    question_of = torch.tensor([q for q, options in enumerate(option_lists) for _ in options], device=device)
+    position_of = torch.tensor([i for options in option_lists for i in range(len(options))], device=device)
+    logps = flat_logp.new_zeros(n_questions, k).index_put((question_of, position_of), flat_logp)
+    lengths = flat_count.new_ones(n_questions, k).index_put((question_of, position_of), flat_count)
+    valid = torch.zeros(n_questions, k, dtype=torch.bool, device=device).index_put(
+        (question_of, position_of), torch.ones_like(question_of, dtype=torch.bool)
+    )
+    answers = [answer_position(targets[row], options) for row, options in zip(rows, option_lists)]
+    answers = torch.tensor(answers, device=device)
+    return OptionLikelihoods(logps, lengths, valid, answers, rows)
