@@ -61,6 +61,12 @@ def test_toy_run_times_every_stage_and_batched_runs_answer_like_the_per_sample_l
     assert report.agreement(bench.RunSpec(1, "left", bench.OFFICIAL_BEAMS)) == 1.0
     assert report.agreement(batched) == 1.0
 
+    # The operators of the largest batched run were profiled.
+    profile = report.op_profile
+    assert profile.spec == batched and profile.questions == 8 * limit
+    assert 0 < len(profile.ops) <= bench.PROFILE_TOP_OPS
+    assert 0 < sum(seconds for _, seconds, _ in profile.ops) <= profile.total_seconds
+
     text = results.read_text()
     assert "stale figures" not in text and "## features\n\nkept" in text
     section = text.split("## eval_throughput", 1)[1].split("## features", 1)[0]

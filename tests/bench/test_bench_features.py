@@ -79,6 +79,8 @@ def test_data_path_collators_agree_with_each_other():
     official = bench.TransformersCollator(WhisperFeatureExtractor())
     reference = next(iter(DataLoader(dataset, batch_size=6, collate_fn=official)))
     assert (ours["spectrogram"] - reference["spectrogram"]).abs().max().item() <= bench.MAX_ABS_DIFF
+    for key in ("raw_wav", "padding_mask", "wav_lengths"):  # both paths ship the same tensors to the model
+        assert torch.equal(ours[key], reference[key]), key
     fbank = ours["fbank"]
     assert fbank.shape == (6, 2998, 128) and fbank.dtype == torch.float64  # 30 s: 1 + (480000 - 400) // 160 frames
     assert torch.equal(fbank[4], fbank[0])  # the same question gives the same fbank wherever it sits

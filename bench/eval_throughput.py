@@ -1,0 +1,561 @@
+"""Evaluation throughput: ``salmonn-pl test`` batched against the per-sample loop of the official inference.
+
+Every measured run is one real ``salmonn-pl test`` (:func:`salmonn_pl.cli.build_cli`: the same
+module, data module, judge and prediction store as the command line) of the tiny SALMONN
+(``assets/tiny-salmonn``) over the sakura-mini clips, repeated as identically named copies
+(variants ``copy1``, ``copy2``, ...) up to a few hundred questions. The runs differ only in how
+questions are batched:
+
+* **per-sample loop**: what the official inference does, one question at a time: batch 1, right
+  padding (``padding_side="right"``), beam search with 4 beams;
+* **batched**: batch 1, 4, 16, 32 with left padding and the same beam search, so that each row
+  decodes exactly what it would decode alone (answers are compared with the per-sample loop's);
+* optionally greedy decoding (1 beam) at some batch sizes, reported apart, never in a ratio.
+
+A run's figure is its test loop, from the first batch to the last answer stored: reading and
+collating audio, encoders, generation, judging and storing. Loading the model and writing the
+report at the end are fixed costs per run and are listed apart.
+
+Where the time goes comes from wall-clock timers wrapped around the stages for the duration of the
+run (exclusive times: a stage's own time, without the stages it calls): reading a wav, the
+collator's Whisper log-mel, BEATs' fbank and encoder, the Whisper encoder, the Q-Former, prompt
+assembly, the LLM prefill, the LLM decode steps, the beam-search bookkeeping between steps, the
+judge and the prediction store. What no timer covers is Lightning's loop.
+
+Run from the repository root (``--help`` lists every size)::
+
+    python bench/eval_throughput.py --results bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import CLI
+from lightning.pytorch import Callback
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, Timing, machine_header, markdown_table, write_section  # noqa: E402
+
+import salmonn_pl.data.collate as collate_module  # noqa: E402
+import salmonn_pl.eval.evaluator as evaluator_module  # noqa: E402
+import salmonn_pl.model.beats as beats_module  # noqa: E402
+import salmonn_pl.model.salmonn as salmonn_module  # noqa: E402
+from salmonn_pl.cli import build_cli  # noqa: E402
+from salmonn_pl.data.collate import SpeechCollator  # noqa: E402
+from salmonn_pl.data.datamodule import SakuraDataset  # noqa: E402
+from salmonn_pl.eval.evaluator import SakuraEvaluator  # noqa: E402
+from salmonn_pl.eval.predictions import PREDICTIONS_FILE, PredictionStore, read_predictions  # noqa: E402
+from salmonn_pl.generation.decode import CachedLM  # noqa: E402
+from salmonn_pl.lit_module import SalmonnModule  # noqa: E402
+from salmonn_pl.model.beats import BEATs  # noqa: E402
+from salmonn_pl.model.salmonn import PaddingSide, Salmonn  # noqa: E402
+from salmonn_pl.model.tiny import tiny_qformer_settings, write_tiny_salmonn  # noqa: E402
+from salmonn_pl.model.window_qformer import WindowQFormer  # noqa: E402
+
+DEFAULT_ROOT = SHARED / "sakura-mini"
+OFFICIAL_BEAMS = 4
+TARGET_SPEEDUP = 10.0
+TARGET_BATCH_SIZE = 16
+UNTIMED = "Lightning loop (no timer)"
+# Stages whose work is one clip's, whatever the batch: batching cannot divide them.
+AUDIO_STAGES = (
+    "read wav + variant",
+    "collate (rest)",
+    "Whisper log-mel (collator)",
+    "BEATs fbank",
+    "BEATs encoder",
+    "Whisper encoder",
+    "Q-Former + projection",
+    "encode (rest)",
+)
+# What each stage is made of and what would make it cheaper, quoted for the stages that dominate.
+REMEDIES = {
+    "Whisper encoder": (
+        "compute-bound and per clip: attention over the fixed 1500 frames of a 30 s window for every clip, however "
+        "short (`WhisperEncoder.forward`, called by `Salmonn.encode_audio` in src/salmonn_pl/model/salmonn.py). "
+        "Batching cannot divide it; torch threads or a GPU can. The tiny model's LLM (2 layers, 64 wide) costs less "
+        "than its Whisper over 1500 frames, unlike the 7B model's (see `## gpu`)."
+    ),
+    "BEATs fbank": (
+        "`kaldi_fbank_batch` (src/salmonn_pl/model/fbank.py) works in float64 on every row up to the longest clip "
+        "of the batch (short clips pay for the longest one) and squares the spectrum through complex "
+        "`abs().pow(2)`; `torch.view_as_real(spectrum).square().sum(-1)` and batches of similar durations "
+        "(questions ordered by clip length in `SakuraDataModule`) cut it."
+    ),
+    "BEATs encoder": (
+        "`BEATs.extract_features_per_clip` (src/salmonn_pl/model/beats.py) pads every clip's patch tokens to the "
+        "longest clip of the batch; batches of similar durations cut the padding."
+    ),
+    "LLM decode steps": (
+        "`CachedLM.step` (src/salmonn_pl/generation/decode.py) keeps a `DynamicCache`: every step `torch.cat`s the "
+        "whole KV cache to append one position and beam search's `CachedLM.reorder` `index_select`s all of it "
+        "again (`aten::cat`, `aten::index_select` among the operators above): copies that grow with rows x context. "
+        "A cache allocated once and written in place (transformers `StaticCache`) removes the first."
+    ),
+    "beam search / decode loop (rest)": (
+        "`_beam_search` (src/salmonn_pl/generation/decode.py) picks the next beams in a Python loop over items and "
+        "candidates with one `.item()` per value and per-element tensor writes; one `.tolist()` of the candidate "
+        "tensors per step and the next beams built as lists remove most of it (and, on a GPU, a device sync per "
+        "`.item()`)."
+    ),
+    "prediction store (jsonl + fsync)": (
+        "`PredictionStore.append` (src/salmonn_pl/eval/predictions.py) fsyncs once per batch: once per question "
+        "in the per-sample loop."
+    ),
+    "Whisper log-mel (collator)": (
+        "`whisper_log_mel` (src/salmonn_pl/data/features.py) in the collator, see `## features`; DataLoader "
+        "workers move it off the main process."
+    ),
+    "Q-Former + projection": "`WindowQFormer.forward` (src/salmonn_pl/model/window_qformer.py): 88 windows per clip.",
+    "LLM prefill": "`CachedLM.prefill` (src/salmonn_pl/generation/decode.py): prompt and 88 audio tokens per question.",
+    UNTIMED: "Lightning's test loop around the batches.",
+}
+CLOSING_NOTE_STAGES = 5
+PROFILE_LIMIT = 4  # questions per track and hop of the operator-profiled run (32 questions)
+PROFILE_TOP_OPS = 12
+
+
+# ------------------------------------------------------------------------------------------ stages
+
+
+def stage_targets() -> list[tuple[str, Any, str]]:
+    """``(stage, owner, attribute)``: the callables timed as each stage, in pipeline order.
+
+    Several callables may share a stage (BEATs has a batched and a per-clip path). Functions are
+    patched where they are looked up: the collator calls ``collate.whisper_log_mel``, BEATs calls
+    ``beats.kaldi_fbank_batch``, ``Salmonn.generate`` calls ``salmonn.generate`` (the decode loop).
+    """
+    return [
+        ("read wav + variant", SakuraDataset, "__getitem__"),
+        ("collate (rest)", SpeechCollator, "__call__"),
+        ("Whisper log-mel (collator)", collate_module, "whisper_log_mel"),
+        ("BEATs fbank", beats_module, "kaldi_fbank_batch"),
+        ("BEATs encoder", BEATs, "extract_features_per_clip"),
+        ("BEATs encoder", BEATs, "extract_features"),
+        ("Whisper encoder", WhisperEncoder, "forward"),
+        ("Q-Former + projection", WindowQFormer, "forward"),
+        ("encode (rest)", Salmonn, "encode_audio"),
+        ("prompt assembly + embedding", Salmonn, "assemble"),
+        ("LLM prefill", CachedLM, "prefill"),
+        ("LLM decode steps", CachedLM, "step"),
+        ("beam search / decode loop (rest)", salmonn_module, "generate"),
+        ("answer (rest: processors, detokenize)", SalmonnModule, "answer"),
+        ("judge", evaluator_module, "judge_records"),
+        ("prediction store (jsonl + fsync)", PredictionStore, "append"),
+        ("evaluator (rest: records, metric)", SakuraEvaluator, "add"),
+    ]
+
+
+def stage_names() -> list[str]:
+    return list(dict.fromkeys(stage for stage, _, _ in stage_targets())) + [UNTIMED]
+
+
+class StageClock:
+    """Exclusive wall-clock seconds per stage: time inside a timed call minus its timed sub-calls."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._children: list[float] = []  # per open call: seconds spent in its timed sub-calls
+
+    def wrap(self, stage: str, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            self._children.append(0.0)
+            start = self.clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                elapsed = self.clock() - start
+                self.seconds[stage] += elapsed - self._children.pop()
+                self.calls[stage] += 1
+                if self._children:
+                    self._children[-1] += elapsed
+
+        return timed
+
+    @contextmanager
+    def patched(self, targets: Sequence[tuple[str, Any, str]]) -> Iterator[StageClock]:
+        """Time ``targets`` while the block runs; the originals are restored afterwards."""
+        originals = [(owner, name, owner.__dict__[name]) for _, owner, name in targets]
+        try:
+            for stage, owner, name in targets:
+                setattr(owner, name, self.wrap(stage, owner.__dict__[name]))
+            yield self
+        finally:
+            for owner, name, original in originals:
+                setattr(owner, name, original)
+
+
+class LoopClock(Callback):
+    """Start and end of the test loop (callbacks run before the module's own epoch-end hook, which
+    writes the report) and the number of batches."""
+
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+        self.batches = 0
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.batches += 1
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self.end = time.perf_counter()
+
+
+# -------------------------------------------------------------------------------------------- runs
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """How one ``salmonn-pl test`` run batches and decodes."""
+
+    batch_size: int
+    padding_side: PaddingSide
+    num_beams: int
+
+    @property
+    def name(self) -> str:
+        if self.is_per_sample_loop:
+            return "per-sample loop (official)"
+        decoding = "beam 4" if self.num_beams == OFFICIAL_BEAMS else ("greedy" if self.num_beams == 1 else f"beam {self.num_beams}")
+        return f"batch {self.batch_size}, {decoding}"
+
+    @property
+    def is_per_sample_loop(self) -> bool:
+        return self.batch_size == 1 and self.padding_side == "right" and self.num_beams == OFFICIAL_BEAMS
+
+
+PER_SAMPLE_LOOP = RunSpec(batch_size=1, padding_side="right", num_beams=OFFICIAL_BEAMS)
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    questions: int
+    batches: int
+    loop_seconds: float
+    setup_seconds: float  # CLI parsing, model loading
+    finish_seconds: float  # metrics, report and result files at the end
+    stage_seconds: dict[str, float]
+    decode_steps: int
+    responses: dict[tuple[str, str], str] = field(repr=False)
+
+    @property
+    def questions_per_s(self) -> float:
+        return self.questions / self.loop_seconds
+
+
+def cli_config(
+    spec: RunSpec, model_dir: Path, root: Path, copies: int, limit: int | None, max_new_tokens: int, output_dir: Path
+) -> dict[str, Any]:
+    """The ``salmonn-pl test`` configuration of one run, as its YAML would hold it."""
+    qformer = tiny_qformer_settings()
+    return {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        },
+        "model": {
+            "model": {
+                "llm_path": str(model_dir / "llama"),
+                "whisper_path": str(model_dir / "whisper"),
+                "beats_path": str(model_dir / "beats.pt"),
+                "ckpt": str(model_dir / "salmonn.pth"),
+                "qformer": {
+                    "hidden_size": qformer.hidden_size,
+                    "num_hidden_layers": qformer.num_hidden_layers,
+                    "num_attention_heads": qformer.num_attention_heads,
+                    "intermediate_size": qformer.intermediate_size,
+                },
+                "llm_dtype": "float32",
+            },
+            "generation": {"num_beams": spec.num_beams, "max_new_tokens": max_new_tokens},
+            "padding_side": spec.padding_side,
+            "output_dir": str(output_dir),
+        },
+        "data": {
+            "class_path": "salmonn_pl.data.datamodule.SakuraDataModule",
+            "init_args": {
+                "root": str(root),
+                "limit": limit,
+                "variants": [{"name": f"copy{i + 1}"} for i in range(copies)],
+                "batch_size": spec.batch_size,
+                "num_workers": 0,
+            },
+        },
+    }
+
+
+def run_test(
+    spec: RunSpec, model_dir: Path, root: Path, copies: int, limit: int | None, max_new_tokens: int, work_dir: Path
+) -> RunResult:
+    """One ``salmonn-pl test`` run into a fresh output directory (an existing one would resume)."""
+    output_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir))
+    clock, loop = StageClock(), LoopClock()
+    start = time.perf_counter()
+    with clock.patched(stage_targets()), warnings.catch_warnings():
+        # The benchmark's own command-line arguments are not meant for the CLI it builds.
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = build_cli(cli_config(spec, model_dir, root, copies, limit, max_new_tokens, output_dir), run=False)
+        cli.trainer.callbacks.append(loop)
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
+    total = time.perf_counter() - start
+    loop_seconds = loop.end - loop.start
+    stage_seconds = {stage: clock.seconds.get(stage, 0.0) for stage in stage_names()}
+    stage_seconds[UNTIMED] = max(0.0, loop_seconds - sum(stage_seconds.values()))
+    records = read_predictions(output_dir / PREDICTIONS_FILE)
+    return RunResult(
+        spec=spec,
+        questions=len(records),
+        batches=loop.batches,
+        loop_seconds=loop_seconds,
+        setup_seconds=loop.start - start,
+        finish_seconds=total - (loop.end - start),
+        stage_seconds=stage_seconds,
+        decode_steps=clock.calls.get("LLM decode steps", 0),
+        responses={(r["id"], r["variant"]): r["response"] for r in records},
+    )
+
+
+# -------------------------------------------------------------------------------------------- main
+
+
+@dataclass(frozen=True)
+class OpProfile:
+    """torch.profiler's operators of one untimed run, by self CPU time."""
+
+    spec: RunSpec
+    questions: int
+    ops: list[tuple[str, float, int]]  # (operator, self CPU seconds, calls), largest first
+    total_seconds: float  # self CPU seconds of every operator
+
+
+def profile_ops(
+    spec: RunSpec, model_dir: Path, root: Path, limit: int, max_new_tokens: int, work_dir: Path
+) -> OpProfile:
+    """Operator-level profile of one run (the profiler slows it down: shares matter, not seconds)."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        result = run_test(spec, model_dir, root, 1, limit, max_new_tokens, work_dir)
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in events[:PROFILE_TOP_OPS]]
+    return OpProfile(spec, result.questions, ops, sum(e.self_cpu_time_total for e in events) / 1e6)
+
+
+@dataclass
+class ThroughputReport:
+    runs: dict[RunSpec, list[RunResult]]  # every repeat of every run
+    op_profile: OpProfile | None = None
+    markdown: str = ""
+
+    def best(self, spec: RunSpec) -> RunResult:
+        return min(self.runs[spec], key=lambda r: r.loop_seconds)
+
+    def timing(self, spec: RunSpec) -> Timing:
+        return Timing(tuple(r.loop_seconds for r in self.runs[spec]))
+
+    def speedup(self, spec: RunSpec) -> float:
+        return self.timing(PER_SAMPLE_LOOP).best / self.timing(spec).best
+
+    def agreement(self, spec: RunSpec) -> float:
+        """Fraction of questions answered exactly as the per-sample loop answered them."""
+        reference = self.best(PER_SAMPLE_LOOP).responses
+        responses = self.best(spec).responses
+        return sum(responses.get(key) == text for key, text in reference.items()) / max(1, len(reference))
+
+
+def main(
+    root: Path = DEFAULT_ROOT,
+    model_dir: Path | None = None,
+    copies: int = 2,
+    limit: int | None = None,
+    batch_sizes: list[int] = [1, 4, 16, 32],
+    greedy_batch_sizes: list[int] = [16],
+    max_new_tokens: int = 32,
+    threads: int = 1,
+    warmup: bool = True,
+    repeats: int = 2,
+    op_profile: bool = True,
+    results: Path | None = None,
+) -> ThroughputReport:
+    """Measure ``salmonn-pl test`` questions/s, batched against the per-sample loop, and print a markdown section.
+
+    Args:
+        root: SAKURA-layout benchmark root (all four tracks, both hops).
+        model_dir: a tiny SALMONN written by ``salmonn_pl.model.tiny.write_tiny_salmonn`` with its default
+            sizes; by default one is written (seed 0) for this run, so every run loads the same weights.
+        copies: every question is asked this many times (variants ``copy1``, ``copy2``, ...).
+        limit: at most this many questions per track and hop (default: all).
+        batch_sizes: batch sizes of the batched runs (left padding, 4 beams).
+        greedy_batch_sizes: batch sizes also run with greedy decoding (reported apart).
+        max_new_tokens: longest answer, in tokens.
+        threads: torch threads of the process (the data is read in the same process).
+        warmup: run every configuration once on 8 questions before measuring.
+        repeats: measured runs per configuration, in turns; a figure is the fastest run's.
+        op_profile: also profile the operators of one batched run (batch 16 when measured, else
+            the largest batch) on 32 questions, untimed.
+        results: ``bench/RESULTS.md`` to update (its ``## eval_throughput`` section).
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
+    paths = [root] if model_dir is None else [root, model_dir / "llama", model_dir / "whisper", model_dir / "beats.pt"]
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist (see --root / --model_dir)")
+    torch.set_num_threads(threads)
+    model = "tiny SALMONN written by write_tiny_salmonn(seed=0)" if model_dir is None else f"tiny SALMONN from {model_dir}"
+    specs = [PER_SAMPLE_LOOP]
+    specs += [RunSpec(b, "left", OFFICIAL_BEAMS) for b in batch_sizes]
+    specs += [RunSpec(b, "left", 1) for b in greedy_batch_sizes]
+    runs: dict[RunSpec, list[RunResult]] = {spec: [] for spec in specs}
+    with tempfile.TemporaryDirectory(prefix="eval-throughput-") as work:
+        work_dir = Path(work)
+        if model_dir is None:
+            model_dir = work_dir / "tiny-salmonn"
+            write_tiny_salmonn(model_dir, seed=0)
+        if warmup:
+            for spec in specs:
+                run_test(spec, model_dir, root, 1, 1, max_new_tokens, work_dir)
+        for _ in range(repeats):  # in turns, so that a change in machine load hits every run alike
+            for spec in specs:
+                result = run_test(spec, model_dir, root, copies, limit, max_new_tokens, work_dir)
+                runs[spec].append(result)
+                print(f"{spec.name}: {result.questions} questions in {result.loop_seconds:.1f} s", file=sys.stderr)
+        profiled = None
+        if op_profile and batch_sizes:
+            size = TARGET_BATCH_SIZE if TARGET_BATCH_SIZE in batch_sizes else max(batch_sizes)
+            profile_limit = PROFILE_LIMIT if limit is None else min(limit, PROFILE_LIMIT)
+            profiled = profile_ops(RunSpec(size, "left", OFFICIAL_BEAMS), model_dir, root, profile_limit,
+                                   max_new_tokens, work_dir)
+    report = ThroughputReport(runs, profiled)
+    report.markdown = render(report, model, threads, max_new_tokens)
+    print(report.markdown)
+    if results is not None:
+        write_section(results, "eval_throughput", report.markdown)
+    return report
+
+
+def render(report: ThroughputReport, model: str, threads: int, max_new_tokens: int) -> str:
+    specs = list(report.runs)
+    reference = report.best(PER_SAMPLE_LOOP)
+    lines = [
+        machine_header(),
+        f"- sizes: {reference.questions} questions per run (sakura-mini, every question asked "
+        f"{len({variant for _, variant in reference.responses})} times), answers up to {max_new_tokens} "
+        f"tokens, {model} in fp32, {threads} torch thread(s), DataLoader in the main process, rule judge, no "
+        f"logger or progress bar; best of "
+        f"{len(report.runs[PER_SAMPLE_LOOP])} runs per configuration, taken in turns",
+        "- per-sample loop = the official inference: batch 1, right padding, 4 beams; batched runs: left "
+        "padding, 4 beams (greedy rows are not compared)",
+        "",
+        "### Questions per second",
+        "",
+        "Loop = first batch to last stored answer. Setup (parse, load the model) and finish (metrics, "
+        "report) are fixed costs per run, not in the loop.",
+        "",
+    ]
+    rows = []
+    for spec in specs:
+        best, timing = report.best(spec), report.timing(spec)
+        rows.append([
+            spec.name,
+            spec.batch_size,
+            spec.padding_side,
+            spec.num_beams,
+            timing.best,
+            timing.median,
+            best.questions_per_s,
+            f"x{report.speedup(spec):.2f}" if spec.num_beams == OFFICIAL_BEAMS else "-",
+            f"{report.agreement(spec):.0%}" if spec.num_beams == OFFICIAL_BEAMS else "-",
+            best.decode_steps / max(1, best.batches),
+            best.setup_seconds,
+            best.finish_seconds,
+        ])
+    headers = ["run", "batch", "padding", "beams", "loop best s", "loop median s", "questions/s",
+               "vs per-sample", "same answers", "decode steps/batch", "setup s", "finish s"]
+    lines += [markdown_table(headers, rows), ""]
+
+    lines += [
+        "### Where the time goes (ms per question, exclusive times of the fastest run)",
+        "",
+    ]
+    stage_rows = []
+    for stage in stage_names():
+        cells: list[object] = [stage]
+        for spec in specs:
+            best = report.best(spec)
+            cells.append(1000 * best.stage_seconds[stage] / best.questions)
+        stage_rows.append(cells)
+    stage_rows.append(["**total (loop)**", *[1000 * report.best(s).loop_seconds / report.best(s).questions for s in specs]])
+    lines += [markdown_table(["stage", *[s.name for s in specs]], stage_rows), ""]
+    if report.op_profile is not None:
+        profile = report.op_profile
+        lines += [
+            f"### Operators of the {profile.spec.name} run (torch.profiler, {profile.questions} questions, untimed)",
+            "",
+        ]
+        op_rows = [[f"`{name}`", 1000 * seconds / profile.questions, calls, f"{seconds / profile.total_seconds:.0%}"]
+                   for name, seconds, calls in profile.ops]
+        lines += [markdown_table(["operator", "self CPU ms per question", "calls", "share of all operators"], op_rows), ""]
+    lines += ["### Target", "", *targets(report)]
+    return "\n".join(lines)
+
+
+def targets(report: ThroughputReport) -> list[str]:
+    target = RunSpec(TARGET_BATCH_SIZE, "left", OFFICIAL_BEAMS)
+    if target not in report.runs:
+        return [f"- batched >= {TARGET_SPEEDUP:g}x the per-sample loop at batch {TARGET_BATCH_SIZE}: not measured"]
+    speedup = report.speedup(target)
+    verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
+    reference, batched = report.best(PER_SAMPLE_LOOP), report.best(target)
+    per_question = 1000 * reference.loop_seconds / reference.questions
+    audio = 1000 * sum(batched.stage_seconds[s] for s in AUDIO_STAGES) / batched.questions
+    return [
+        f"- batched >= {TARGET_SPEEDUP:g}x the per-sample loop at batch {TARGET_BATCH_SIZE}: x{speedup:.2f}, {verdict}",
+        "",
+        "### Closing note",
+        "",
+        f"- bound from the audio stages (read, features, BEATs, Whisper, Q-Former: one clip's work each, whatever "
+        f"the batch): {audio:.1f} ms per question at batch {TARGET_BATCH_SIZE} against {per_question:.1f} ms per "
+        f"question in the per-sample loop, so even free generation could not exceed x{per_question / audio:.1f}",
+        "",
+        f"Where batch {TARGET_BATCH_SIZE} spends its time (the largest stages, ms per question, share of its loop):",
+        "",
+    ] + dominant_stages(batched)
+
+
+def dominant_stages(run: RunResult) -> list[str]:
+    ranked = sorted(run.stage_seconds.items(), key=lambda item: item[1], reverse=True)[:CLOSING_NOTE_STAGES]
+    lines = []
+    for rank, (stage, seconds) in enumerate(ranked, start=1):
+        remedy = REMEDIES.get(stage, "")
+        lines.append(f"{rank}. **{stage}**: {1000 * seconds / run.questions:.1f} ms, "
+                     f"{seconds / run.loop_seconds:.0%}. {remedy}".rstrip())
+    return lines
+
+
+if __name__ == "__main__":
+    CLI(main, as_positional=False)
