@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import pad_sweep_variants, synthetic_examples
+from eval_records import pad_sweep_variants, synthetic_examples
 from test_judge_llm import ScriptedChatServer
 from torch.utils.data import DistributedSampler
 

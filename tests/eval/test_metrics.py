@@ -6,7 +6,7 @@ import socket
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import synthetic_records
+from eval_records import synthetic_records
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.eval.metrics import (

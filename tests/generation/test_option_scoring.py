@@ -103,20 +103,36 @@ def test_batched_equals_one_at_a_time(tiny_salmonn, calibration: str):
             assert np.abs(np.subtract(batched[i].text_loglik, alone.text_loglik)).max() <= 1e-5
 
 
+OPTION_SETS = (["dog", "cat", "cow", "pig"], ["cow", "dog", "pig"], ["cat", "pig", "dog", "cow"])
+SETTINGS = (OptionScoringSettings(), OptionScoringSettings(answer_format="text"), OptionScoringSettings(permutations="cyclic"))
+
+
+def _question(options) -> str:
+    return "What animal makes the sound in the audio? " + " ".join(f"({'abcd'[i]}) {o}" for i, o in enumerate(options))
+
+
+def _first_choices(model, audio, settings_list=SETTINGS) -> list[str]:
+    firsts = []
+    for options in OPTION_SETS:
+        question = _question(options)
+        for settings in settings_list:
+            (result,) = score_options(model, [TEMPLATE.format(question)], [question], audio, settings)
+            firsts.append(result.options[result.ranking[0]])
+    return firsts
+
+
 def test_picks_the_option_a_hand_built_model_prefers(tiny_salmonn):
     audio = _audio_tokens(tiny_salmonn, 1)
-    model = _with_logit_bias(tiny_salmonn, {"▁pig": 8.0})
-    stem = "What animal makes the sound in the audio?"
-    for options in (["dog", "cat", "cow", "pig"], ["cow", "dog", "pig"], ["cat", "pig", "dog", "cow"]):
-        question = f"{stem} " + " ".join(f"({'abcd'[i]}) {o}" for i, o in enumerate(options))
-        prompt = TEMPLATE.format(question)
-        for settings in (OptionScoringSettings(), OptionScoringSettings(answer_format="text"),
-                         OptionScoringSettings(permutations="cyclic")):
-            (unbiased,) = score_options(tiny_salmonn, [prompt], [question], audio, settings)
-            (result,) = score_options(model, [prompt], [question], audio, settings)
-            assert unbiased.options[unbiased.ranking[0]] != "pig"  # the preference comes from the bias
-            assert result.choice == f"({'abcd'[options.index('pig')]}) pig"
-            assert result.options[result.ranking[0]] == "pig"
+    word = "pig"
+    model = _with_logit_bias(tiny_salmonn, {f"▁{word}": 8.0})
+    # Not vacuous: the untouched model does not already pick it everywhere.
+    assert _first_choices(tiny_salmonn, audio).count(word) < len(OPTION_SETS) * len(SETTINGS)
+    for options in OPTION_SETS:
+        question = _question(options)
+        for settings in SETTINGS:
+            (result,) = score_options(model, [TEMPLATE.format(question)], [question], audio, settings)
+            assert result.choice == f"({'abcd'[options.index(word)]}) {word}"
+            assert result.options[result.ranking[0]] == word
 
 
 def test_cyclic_permutations_cancel_a_letter_preference(tiny_salmonn):
@@ -124,16 +140,16 @@ def test_cyclic_permutations_cancel_a_letter_preference(tiny_salmonn):
     letter bonus goes to every option once and the preferred word wins."""
     audio = _audio_tokens(tiny_salmonn, 1)
     model = _with_logit_bias(tiny_salmonn, {"a": 12.0, "▁pig": 6.0})
-    question = "What animal makes the sound in the audio? (a) dog (b) cat (c) cow (d) pig"
+    question = _question(["dog", "cat", "cow", "pig"])
     prompt = TEMPLATE.format(question)
     plain = OptionScoringSettings(length_normalization="none")
     debiased = OptionScoringSettings(length_normalization="none", permutations="cyclic")
     (biased,) = score_options(model, [prompt], [question], audio, plain)
     (fair,) = score_options(model, [prompt], [question], audio, debiased)
-    (unbiased,) = score_options(tiny_salmonn, [prompt], [question], audio, debiased)
-    assert biased.choice == "(a) dog"
+    letter_only = _with_logit_bias(tiny_salmonn, {"a": 12.0})
+    (letter_plain,) = score_options(letter_only, [prompt], [question], audio, plain)
+    assert biased.choice == "(a) dog" and letter_plain.choice == "(a) dog"
     assert fair.choice == "(d) pig"
-    assert unbiased.choice != "(d) pig"
 
 
 def test_calibration_by_the_text_only_likelihood(tiny_salmonn):
