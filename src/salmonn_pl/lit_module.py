@@ -146,7 +146,7 @@ class SalmonnModule(L.LightningModule):
         """Every objective term of the batch (for logging) and their weighted sum ``"loss"``."""
         m, objectives = self.salmonn, self.objectives
         inputs = m.assemble(batch["prompt"], self.encode(batch), batch["text"], self.padding_side)
-        logp, n = m.target_logprobs(m.llm_logits(inputs), inputs.labels)
+        logp, n = m.answer_logprobs(inputs)
         losses = {"loss_lm": lm_loss(logp, n)}
         loss = objectives.lm_weight * losses["loss_lm"]
         if objectives.prior_contrast_weight > 0:
@@ -160,7 +160,7 @@ class SalmonnModule(L.LightningModule):
         m, objectives = self.salmonn, self.objectives
         if objectives.prior_contrast_kind == "margin":
             text_inputs = m.assemble(batch["prompt"], None, batch["text"], self.padding_side)
-            logp_text, _ = m.target_logprobs(m.llm_logits(text_inputs), text_inputs.labels)
+            logp_text, _ = m.answer_logprobs(text_inputs)
             penalty, gain = margin_penalty(logp_audio, logp_text, n_tokens, objectives.margin)
             return {"loss_prior": penalty, "audio_gain": gain}
         metas = batch.get("meta") or [{}] * len(batch["prompt"])

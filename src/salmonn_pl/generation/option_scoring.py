@@ -191,19 +191,7 @@ def _loglik(
         labels = inputs.labels
         if not settings.score_end_of_answer:
             labels = _without_last_target(labels)
-        # Only the positions that predict answer tokens need logits (a [rows, L, vocab] tensor would
-        # dominate memory for a 32k vocabulary).
-        first_target = int((labels != -100).int().argmax(dim=1).min())
-        keep = labels.shape[1] - first_target + 1
-        with salmonn.autocast():
-            logits = salmonn.llm(
-                inputs_embeds=inputs.inputs_embeds,
-                attention_mask=inputs.attention_mask,
-                position_ids=inputs.position_ids,
-                use_cache=False,
-                logits_to_keep=keep,
-            ).logits
-        logp, count = salmonn.target_logprobs(logits, labels[:, -keep:])
+        logp, count = salmonn.answer_logprobs(inputs, labels)
         if settings.length_normalization == "mean":
             logp = logp / count.clamp(min=1)
         values.append(logp.float().cpu())

@@ -386,9 +386,28 @@ class Salmonn(nn.Module):
         logp = -F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
         return (logp * valid).sum(-1), valid.sum(-1)
 
+    def answer_logprobs(self, inputs: LLMInputs, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row sum of log p(target token) and the target count, as :meth:`target_logprobs`.
+
+        Logits are computed only from the first position that predicts a target onwards: a full
+        ``[B, L, vocab]`` tensor would dominate memory with a 32k vocabulary.
+        """
+        labels = inputs.labels if labels is None else labels
+        first_target = int((labels != -100).int().argmax(dim=1).min())
+        keep = labels.shape[1] - first_target + 1
+        with self.autocast():
+            logits = self.llm(
+                inputs_embeds=inputs.inputs_embeds,
+                attention_mask=inputs.attention_mask,
+                position_ids=inputs.position_ids,
+                use_cache=False,
+                logits_to_keep=keep,
+            ).logits
+        return self.target_logprobs(logits, labels[:, -keep:])
+
     def lm_loss(self, inputs: LLMInputs) -> torch.Tensor:
         """The official loss: token-mean cross-entropy over every target token of the batch."""
-        logp, count = self.target_logprobs(self.llm_logits(inputs), inputs.labels)
+        logp, count = self.answer_logprobs(inputs)
         return -logp.sum() / count.sum().clamp(min=1)
 
     # -- generation ----------------------------------------------------------------------------

@@ -63,18 +63,7 @@ def text_only_option_logprobs(
     flat_prompts = [prompts[row] for row, options in zip(rows, option_lists) for _ in options]
     flat_answers = [f"({option_letter(i)}) {text}" for options in option_lists for i, text in enumerate(options)]
     inputs = salmonn.assemble(flat_prompts, None, flat_answers, padding_side)
-    # Only the positions that predict answer tokens need logits ([rows, L, vocab] would dominate memory).
-    first_target = int((inputs.labels != -100).int().argmax(dim=1).min())
-    keep = inputs.labels.shape[1] - first_target + 1
-    with salmonn.autocast():
-        logits = salmonn.llm(
-            inputs_embeds=inputs.inputs_embeds,
-            attention_mask=inputs.attention_mask,
-            position_ids=inputs.position_ids,
-            use_cache=False,
-            logits_to_keep=keep,
-        ).logits
-    flat_logp, flat_count = salmonn.target_logprobs(logits, inputs.labels[:, -keep:])
+    flat_logp, flat_count = salmonn.answer_logprobs(inputs)
 
     n_questions, k = len(rows), max(len(options) for options in option_lists)
     device = flat_logp.device
