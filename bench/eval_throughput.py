@@ -57,7 +57,11 @@ from salmonn_pl.cli import build_cli  # noqa: E402
 from salmonn_pl.data.collate import SpeechCollator  # noqa: E402
 from salmonn_pl.data.datamodule import SakuraDataset  # noqa: E402
 from salmonn_pl.eval.evaluator import SakuraEvaluator  # noqa: E402
-from salmonn_pl.eval.predictions import PREDICTIONS_FILE, PredictionStore, read_predictions  # noqa: E402
+from salmonn_pl.eval.predictions import (  # noqa: E402
+    PREDICTIONS_FILE,
+    PredictionStore,
+    read_predictions,
+)
 from salmonn_pl.generation.decode import CachedLM  # noqa: E402
 from salmonn_pl.lit_module import SalmonnModule  # noqa: E402
 from salmonn_pl.model.beats import BEATs  # noqa: E402

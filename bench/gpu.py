@@ -563,7 +563,8 @@ def render(report: GpuReport, size: str, num_beams: int, max_new_tokens: int, cl
     lines += [
         "One batch: encode = Whisper + BEATs + Q-Former; prefill = the LLM over the prompts; decode = the cached "
         "decode steps alone; rest = what else answering the batch took (beam search between steps: candidate "
-        "selection, KV-cache reordering). Bandwidth = (LLM weights read per step + KV cache read per step) / "
+        "selection, KV-cache reordering), from figures measured apart (a noisy machine can make it negative). "
+        "Bandwidth = (LLM weights read per step + KV cache read per step) / "
         "measured step time / device peak.",
         "",
         *targets(report, size),
