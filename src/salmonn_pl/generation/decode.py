@@ -388,35 +388,40 @@ def _beam_search(
             beam_hidden = torch.cat([beam_hidden, hidden[:, None]], dim=1)
 
         cur_len = input_ids.shape[-1]
-        next_scores = torch.zeros((batch, num_beams), dtype=candidate_scores.dtype, device=device)
-        next_tokens = torch.full((batch, num_beams), ids.pad, dtype=torch.long, device=device)
-        next_rows = torch.zeros((batch, num_beams), dtype=torch.long, device=device)
+        # One device-to-host copy per step: per-candidate .item() calls would each synchronise a GPU.
+        tokens_h, rows_h, scores_h = candidate_tokens.tolist(), candidate_rows.tolist(), candidate_scores.tolist()
+        next_scores_h = [[0.0] * num_beams for _ in range(batch)]
+        next_tokens_h = [[ids.pad] * num_beams for _ in range(batch)]
+        next_rows_h = [[0] * num_beams for _ in range(batch)]
         for b in range(batch):
             if done[b]:
                 # A finished item's beams only carry padding; they keep pointing at its own first row.
-                next_rows[b] = b * num_beams
+                next_rows_h[b] = [b * num_beams] * num_beams
                 continue
             kept = 0
             for rank in range(2 * num_beams):
-                token = candidate_tokens[b, rank].item()
-                row = b * num_beams + candidate_rows[b, rank].item()
+                token = tokens_h[b][rank]
+                row = b * num_beams + rows_h[b][rank]
                 if token == ids.eos:
                     if rank >= num_beams:  # an eos outside the top num_beams candidates is ignored
                         continue
                     hypotheses[b].add(
                         input_ids[row].clone(),
-                        candidate_scores[b, rank].item(),
+                        scores_h[b][rank],
                         ends_with_eos=True,
                         hidden=beam_hidden[row].clone() if collect_hidden else None,
                     )
                 else:
-                    next_scores[b, kept] = candidate_scores[b, rank]
-                    next_tokens[b, kept] = token
-                    next_rows[b, kept] = row
+                    next_scores_h[b][kept] = scores_h[b][rank]
+                    next_tokens_h[b][kept] = token
+                    next_rows_h[b][kept] = row
                     kept += 1
                 if kept == num_beams:
                     break
-            done[b] = hypotheses[b].is_done(candidate_scores[b].max().item(), cur_len + 1)
+            done[b] = hypotheses[b].is_done(max(scores_h[b]), cur_len + 1)
+        next_scores = torch.tensor(next_scores_h, dtype=candidate_scores.dtype, device=device)
+        next_tokens = torch.tensor(next_tokens_h, dtype=torch.long, device=device)
+        next_rows = torch.tensor(next_rows_h, dtype=torch.long, device=device)
 
         beam_scores = next_scores.view(-1)
         beam_idx = next_rows.view(-1)
