@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from golden import Golden, assert_close
+from torch.utils.data import DataLoader
 
 from salmonn_pl.data.audio import load_audio
 from salmonn_pl.data.collate import SpeechCollator
@@ -74,3 +75,29 @@ def test_bad_example_names_its_id(example: dict, message: str):
 def test_empty_batch_is_an_error():
     with pytest.raises(ValueError, match="empty"):
         SpeechCollator()([])
+
+
+class _RecordsSharedMemory:
+    """Collates, then notes in each meta whether the batch tensors were allocated in shared memory."""
+
+    def __init__(self) -> None:
+        self.collator = SpeechCollator()
+
+    def __call__(self, examples: list[dict]) -> dict:
+        batch = self.collator(examples)
+        shared = [batch[key].is_shared() for key in ("spectrogram", "raw_wav", "padding_mask")]
+        batch["meta"] = [{**meta, "shared": shared} for meta in batch["meta"]]
+        return batch
+
+
+def test_worker_builds_the_same_batch_in_shared_memory(golden: Golden):
+    """In a DataLoader worker the big tensors are made in shared memory (no copy on the way back)."""
+    torch.set_num_threads(1)
+    examples = _examples(golden)
+    in_process = _RecordsSharedMemory()(examples)
+    assert in_process["meta"][0]["shared"] == [False, False, False]
+    loader = DataLoader(examples, batch_size=len(examples), num_workers=1, collate_fn=_RecordsSharedMemory())
+    (from_worker,) = list(loader)
+    assert from_worker["meta"][0]["shared"] == [True, True, True]
+    for key in ("spectrogram", "raw_wav", "padding_mask", "wav_lengths"):
+        assert torch.equal(from_worker[key], in_process[key]), key

@@ -1,4 +1,4 @@
-"""Batched Whisper log-mel: parity with the official features and with transformers, and speed."""
+"""Batched Whisper log-mel: parity with the official features and transformers (also on runs of zeros), speed."""
 
 import time
 
@@ -7,9 +7,11 @@ import pytest
 import torch
 from golden import Golden, assert_close
 from transformers import WhisperFeatureExtractor
+from transformers.audio_utils import mel_filter_bank
 
 from salmonn_pl.data.audio import load_audio, prepare_official
-from salmonn_pl.data.features import whisper_log_mel
+from salmonn_pl.data.features import BandedMatmul, _mel_filters, frames_reading, nonzero_span, whisper_log_mel
+from salmonn_pl.data.variants import pad_to_duration
 
 
 def _stack(wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,3 +90,115 @@ def test_faster_than_transformers_extractor(golden: Golden):
     theirs = best_of(lambda: [extractor(w, sampling_rate=16_000, return_tensors="pt") for w in wavs])
     print(f"8 clips of 2-8 s: ours {ours * 1e3:.1f} ms, transformers {theirs * 1e3:.1f} ms, x{theirs / ours:.1f}")
     assert ours < theirs
+
+
+# -- runs of exact zeros ---------------------------------------------------------------------------
+# Frames reading only zeros are filled instead of transformed; these tests hold the shortcut to the
+# plain computation below, which transforms every frame of the zero-padded 30 s signal.
+
+
+def _plain_log_mel(wav: np.ndarray) -> torch.Tensor:
+    """[80, 3000] Whisper features computed the straightforward way, in float64."""
+    signal = torch.zeros(480_000, dtype=torch.float64)
+    clip = torch.from_numpy(wav[:480_000])
+    signal[: len(clip)] = clip
+    window = torch.hann_window(400, periodic=True, dtype=torch.float64)
+    stft = torch.stft(signal, 400, 160, window=window, center=True, pad_mode="reflect", return_complex=True)
+    filters = mel_filter_bank(
+        num_frequency_bins=201, num_mel_filters=80, min_frequency=0.0, max_frequency=8000.0,
+        sampling_rate=16_000, norm="slaney", mel_scale="slaney",
+    )
+    log_spec = (torch.from_numpy(filters).T @ stft[:, :-1].abs() ** 2).clamp(min=1e-10).log10()
+    log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+    return ((log_spec + 4.0) / 4.0).float()
+
+
+def _with_zeros(rng: np.random.Generator, total: int, zeros: list[tuple[int, int]]) -> np.ndarray:
+    wav = rng.uniform(-0.3, 0.3, total)
+    for start, stop in zeros:
+        wav[start:stop] = 0.0
+    return wav
+
+
+# Around every boundary of the shortcut: frame 0 reads samples 0..200 (through the reflection),
+# frame j >= 1 samples j*160-200 .. j*160+199; the last kept frame reads past the 30 s end.
+ZERO_RUN_CASES = {
+    "leading 200": (480_000, [(0, 200)]),
+    "leading 201": (480_000, [(0, 201)]),
+    "leading 360": (480_000, [(0, 360)]),
+    "leading 361": (480_000, [(0, 361)]),
+    "leading 25 s (late)": (480_000, [(0, 400_000)]),
+    "trailing 25 s (early)": (480_000, [(80_000, 480_000)]),
+    "trailing, last sample read by one frame": (480_000, [(80_121, 480_000)]),
+    "both ends (middle)": (480_000, [(0, 200_000), (280_000, 480_000)]),
+    "trailing 39 of 30 s": (480_000, [(479_961, 480_000)]),
+    "trailing 361 of 30 s": (480_000, [(479_639, 480_000)]),
+    "last 40 samples only": (480_000, [(0, 479_960)]),
+    "one sample at 200": (480_000, [(0, 200), (201, 480_000)]),
+    "interior run": (160_000, [(50_000, 90_000)]),
+    "short clip, both ends": (20_000, [(0, 3_000), (15_000, 20_000)]),
+    "silence": (480_000, [(0, 480_000)]),
+}
+
+
+@pytest.mark.parametrize("case", list(ZERO_RUN_CASES))
+def test_zero_runs_equal_the_plain_computation(case: str):
+    torch.set_num_threads(1)
+    total, zeros = ZERO_RUN_CASES[case]
+    wav = _with_zeros(np.random.default_rng(len(case)), total, zeros)
+    expected = _plain_log_mel(wav)
+    batch, lengths = _stack([wav])
+    for dtype, atol in [(torch.float64, 1e-6), (torch.float32, 1e-4)]:
+        ours = whisper_log_mel(batch, lengths, dtype=dtype)[0]
+        assert_close(ours, expected, f"{case} ({dtype})", atol=atol)
+
+
+def test_zero_padded_sakura_clips_match_transformers(golden: Golden):
+    """A clip padded to 30 s with zeros after, around or before it (the study's pad variants)."""
+    torch.set_num_threads(1)
+    extractor = WhisperFeatureExtractor.from_pretrained(golden.path / "whisper")
+    wav = _golden_wavs(golden)[0]
+    padded = [pad_to_duration(wav, 30.0, "zero", position).wav for position in ("early", "middle", "late")]
+    ours = whisper_log_mel(*_stack(padded))
+    reference = extractor(padded, sampling_rate=16_000, return_tensors="pt").input_features
+    for i, position in enumerate(("early", "middle", "late")):
+        assert_close(ours[i : i + 1], reference[i : i + 1], f"padded to 30 s, {position}")
+
+
+SAMPLE_SPANS = [(0, 1), (0, 480_000), (200, 201), (201, 202), (360, 361), (361, 520), (5_000, 5_001),
+                (479_639, 479_640), (479_640, 479_641), (479_999, 480_000)]
+
+
+@pytest.mark.parametrize("first, stop", SAMPLE_SPANS)
+def test_frames_reading_are_the_frames_that_see_the_samples(first: int, stop: int):
+    """Brute force: mark the samples, pad as the reference does and look at every frame."""
+    signal = np.zeros(480_000)
+    signal[first:stop] = 1.0
+    padded = np.pad(signal, 200, mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, 400)[::160][:3000]
+    active = np.flatnonzero(frames.any(axis=1))
+    assert frames_reading(first, stop) == (int(active[0]), int(active[-1]) + 1)
+    assert len(active) == active[-1] + 1 - active[0], "the frames that see a sample run are contiguous"
+
+
+def test_nonzero_span():
+    wav = torch.zeros(1000, dtype=torch.float64)
+    assert nonzero_span(wav) == (0, 0) and nonzero_span(wav[:0]) == (0, 0)
+    wav[[17, 600]] = torch.tensor([0.5, -1e-300], dtype=torch.float64)
+    assert nonzero_span(wav) == (17, 601)
+    assert nonzero_span(wav[17:601]) == (0, 584)  # non-zero ends: nothing to scan
+    wav[17] = -0.0
+    assert nonzero_span(wav) == (600, 601)
+    assert nonzero_span(wav.float()) == (0, 0), "1e-300 is 0 in float32"
+
+
+def test_banded_matmul_equals_the_dense_product():
+    filters = _mel_filters(torch.float64, torch.device("cpu"))
+    x = torch.rand(300, 201, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(filters(x), x @ filters.matrix.T, rtol=1e-14, atol=0)
+    sparse = torch.zeros(40, 50, dtype=torch.float64)
+    sparse[3, 7], sparse[35, 45] = 2.0, 3.0  # rows 16..31 are all zero
+    banded = BandedMatmul(sparse, rows_per_block=16)
+    product = banded(torch.ones(2, 50, dtype=torch.float64))
+    assert torch.equal(product, torch.ones(2, 50, dtype=torch.float64) @ sparse.T)
+    assert [b[1] for b in banded.blocks] == [slice(7, 8), slice(0, 0), slice(45, 46)]

@@ -1,4 +1,4 @@
-"""Kaldi fbank parity with the official BEATs preprocessing (golden ``wav{i}.beats_fbank``)."""
+"""Kaldi fbank parity with the official BEATs preprocessing (golden ``wav{i}.beats_fbank``) and the plain recipe."""
 
 from pathlib import Path
 
@@ -9,7 +9,14 @@ import torch
 from golden import Golden, assert_close
 
 from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
-from salmonn_pl.model.fbank import kaldi_fbank, kaldi_fbank_batch, kaldi_mel_banks, num_fbank_frames
+from salmonn_pl.model.fbank import (
+    _FbankSteps,
+    _mel_banks,
+    kaldi_fbank,
+    kaldi_fbank_batch,
+    kaldi_mel_banks,
+    num_fbank_frames,
+)
 
 SAMPLE_RATE = 16000
 
@@ -104,3 +111,71 @@ def test_mel_banks_are_kaldi_triangles():
 def test_too_short_waveform_is_rejected():
     with pytest.raises(ValueError, match="fewer than one 400-sample frame"):
         kaldi_fbank(torch.zeros(399, dtype=torch.float64))
+
+
+def _plain_fbank(waveform: torch.Tensor) -> torch.Tensor:
+    """torchaudio's ``kaldi.fbank`` recipe step by step on every frame, as the official BEATs runs it."""
+    frames = waveform.unfold(0, 400, 160)
+    frames = frames - frames.mean(dim=-1, keepdim=True)
+    frames = frames - 0.97 * torch.cat([frames[:, :1], frames[:, :-1]], dim=-1)
+    window = torch.hann_window(400, periodic=False, dtype=waveform.dtype).pow(0.85)
+    power = torch.fft.rfft(torch.nn.functional.pad(frames * window, (0, 112))).abs().pow(2.0)
+    mel = power @ kaldi_mel_banks(128, 512, 16000.0).to(waveform.dtype).T
+    return torch.max(mel, torch.tensor(torch.finfo(torch.float32).eps, dtype=waveform.dtype)).log()
+
+
+# Frame j reads samples [160 j, 160 j + 400): around each edge of the frames that see only zeros.
+ZERO_RUNS = {
+    "leading 399": (32_000, [(0, 399)]),
+    "leading 400": (32_000, [(0, 400)]),
+    "leading 560": (32_000, [(0, 560)]),
+    "leading 561": (32_000, [(0, 561)]),
+    "trailing 160": (32_000, [(31_840, 32_000)]),
+    "trailing 161": (32_000, [(31_839, 32_000)]),
+    "trailing 20000 (padded after)": (32_000, [(12_000, 32_000)]),
+    "both ends": (32_000, [(0, 9_000), (20_000, 32_000)]),
+    "interior run": (32_000, [(9_000, 20_000)]),
+    "one sample": (32_000, [(0, 16_000), (16_001, 32_000)]),
+    "silence": (32_000, [(0, 32_000)]),
+}
+
+
+def test_zero_runs_equal_the_plain_computation(single_thread):
+    """The CPU path fills the frames that read only zeros; each row equals the plain recipe on all frames."""
+    generator = torch.Generator().manual_seed(0)
+    names = list(ZERO_RUNS)
+    lengths = torch.tensor([ZERO_RUNS[name][0] - 7 * i for i, name in enumerate(names)])
+    waveforms = torch.randn(len(names), int(lengths.max()), generator=generator, dtype=torch.float64) * 3000
+    for row, name in enumerate(names):
+        for start, stop in ZERO_RUNS[name][1]:
+            waveforms[row, start:stop] = 0.0
+    fbank, num_frames = kaldi_fbank_batch(waveforms, lengths)
+    for row, name in enumerate(names):
+        expected = _plain_fbank(waveforms[row, : int(lengths[row])])
+        assert_close(fbank[row, : int(num_frames[row])], expected, name, atol=1e-9)
+        assert not fbank[row, int(num_frames[row]) :].any(), name
+
+
+def test_batched_steps_equal_the_plain_computation(single_thread):
+    """The per-frame steps on a [B, T, window] batch, as an accelerator runs them (dense mel product)."""
+    waveforms = torch.randn(3, 16_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3000
+    steps = _FbankSteps(
+        window=torch.hann_window(400, periodic=False, dtype=torch.float64).pow(0.85),
+        mel_banks=_mel_banks(128, 512, 16000.0, torch.float64, torch.device("cpu")),
+        fft_size=512,
+    )
+    batched = steps(waveforms.unfold(-1, 400, 160))
+    for row in range(3):
+        assert_close(batched[row], _plain_fbank(waveforms[row]), f"row {row}", atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch_equals_cpu_rows():
+    generator = torch.Generator().manual_seed(2)
+    lengths = torch.tensor([48_000, 16_000, 30_001])
+    waveforms = torch.randn(3, 48_000, generator=generator, dtype=torch.float64) * 3000
+    waveforms[1, 8_000:] = 0.0
+    cpu, cpu_frames = kaldi_fbank_batch(waveforms, lengths)
+    gpu, gpu_frames = kaldi_fbank_batch(waveforms.cuda(), lengths.cuda())
+    assert torch.equal(gpu_frames.cpu(), cpu_frames)
+    assert_close(gpu.cpu(), cpu, "CUDA batch vs CPU rows", atol=1e-9)

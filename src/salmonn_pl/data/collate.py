@@ -7,13 +7,15 @@ truncate to 30 s), after any study variant has been applied to the full clip.
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypedDict
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from salmonn_pl.data.audio import MAX_SAMPLES, SAMPLE_RATE, prepare_official
-from salmonn_pl.data.features import whisper_log_mel
+from salmonn_pl.data.features import N_FRAMES, N_MELS, whisper_log_mel
 
 
 class Example(TypedDict):
@@ -61,14 +63,18 @@ class SpeechCollator:
 
         wavs = [self._prepare(np.asarray(example["audio"], dtype=np.float64)) for example in examples]
         wav_lengths = torch.tensor([len(wav) for wav in wavs], dtype=torch.long)
-        raw_wav = torch.empty(len(wavs), int(wav_lengths.max()), dtype=torch.float64)
+        batch, width = len(wavs), int(wav_lengths.max())
+        raw_wav = _batch_tensor((batch, width), torch.float64)
         for row, wav in enumerate(wavs):
             raw_wav[row, : len(wav)] = torch.from_numpy(wav)
             raw_wav[row, len(wav) :] = 0.0
-        padding_mask = torch.arange(raw_wav.shape[1])[None, :] >= wav_lengths[:, None]
+        padding_mask = _batch_tensor((batch, width), torch.bool)
+        torch.ge(torch.arange(width)[None, :], wav_lengths[:, None], out=padding_mask)
+        spectrogram = _batch_tensor((batch, N_MELS, N_FRAMES), torch.float32)
+        whisper_log_mel(raw_wav, wav_lengths, dtype=self.feature_dtype, out=spectrogram)
 
         return Batch(
-            spectrogram=whisper_log_mel(raw_wav, wav_lengths, dtype=self.feature_dtype),
+            spectrogram=spectrogram,
             raw_wav=raw_wav,
             padding_mask=padding_mask,
             wav_lengths=wav_lengths,
@@ -78,11 +84,20 @@ class SpeechCollator:
             meta=[example["meta"] for example in examples],
         )
 
-
     def _prepare(self, wav: np.ndarray) -> np.ndarray:
         if self.max_samples <= MAX_SAMPLES:
             return prepare_official(wav)[: self.max_samples]
         return prepare_official(wav[: self.max_samples]) if len(wav) <= MAX_SAMPLES else wav[: self.max_samples]
+
+
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor for a batch. Inside a DataLoader worker it is allocated in shared
+    memory, as torch's ``default_collate`` allocates its batches: handing it to the main process
+    then copies nothing (a 30 s clip brings ~5 MB of tensors)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape) * dtype.itemsize)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 def _check_example(example: Example) -> None:
