@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
@@ -85,3 +87,13 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, name: str, atol: 
         assert diff <= atol, f"{name}: max abs diff {diff:.3g} > {atol}"
     else:
         assert torch.equal(actual.to(expected.dtype), expected), f"{name}: {actual.tolist()} != {expected.tolist()}"
+
+
+def load_official_wav(path: Path) -> torch.Tensor:
+    """Audio as the official SALMONN reads it: float64, channel 0, padded to >= 1 s, cut to 30 s."""
+    audio, _ = sf.read(path, dtype="float64")
+    if audio.ndim == 2:
+        audio = audio[:, 0]
+    if len(audio) < 16000:
+        audio = np.concatenate([audio, np.zeros(16000 - len(audio))])
+    return torch.from_numpy(audio[: 30 * 16000].copy())

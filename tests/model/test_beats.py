@@ -2,25 +2,13 @@
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from golden import Golden, assert_close
+from golden import Golden, assert_close, load_official_wav
 
 from salmonn_pl.model.beats import BEATs, BEATsConfig
 
 SAMPLE_RATE = 16000
-
-
-def load_official_wav(path: Path) -> torch.Tensor:
-    """Audio as the official SALMONN reads it: float64, channel 0, padded to >= 1 s, cut to 30 s."""
-    audio, _ = sf.read(path, dtype="float64")
-    if audio.ndim == 2:
-        audio = audio[:, 0]
-    if len(audio) < SAMPLE_RATE:
-        audio = np.concatenate([audio, np.zeros(SAMPLE_RATE - len(audio))])
-    return torch.from_numpy(audio[: 30 * SAMPLE_RATE].copy())
 
 
 def golden_wavs(golden: Golden) -> list[torch.Tensor]:

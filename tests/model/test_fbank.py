@@ -1,12 +1,9 @@
 """Kaldi fbank parity with the official BEATs preprocessing (golden ``wav{i}.beats_fbank``) and the plain recipe."""
 
-from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
-from golden import Golden, assert_close
+from golden import Golden, assert_close, load_official_wav
 
 from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
 from salmonn_pl.model.fbank import (
@@ -19,16 +16,6 @@ from salmonn_pl.model.fbank import (
 )
 
 SAMPLE_RATE = 16000
-
-
-def load_official_wav(path: Path) -> torch.Tensor:
-    """Audio as the official SALMONN reads it: float64, channel 0, padded to >= 1 s, cut to 30 s."""
-    audio, _ = sf.read(path, dtype="float64")
-    if audio.ndim == 2:
-        audio = audio[:, 0]
-    if len(audio) < SAMPLE_RATE:
-        audio = np.concatenate([audio, np.zeros(SAMPLE_RATE - len(audio))])
-    return torch.from_numpy(audio[: 30 * SAMPLE_RATE].copy())
 
 
 def beats_normalised_fbank(waveform: torch.Tensor) -> torch.Tensor:
