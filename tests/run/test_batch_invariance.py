@@ -76,10 +76,42 @@ def test_right_padding_changes_the_answers_of_shorter_prompts(runs, module_and_b
             if right[key] != single[key]:
                 changed.add(key)
     assert shorter, "the test needs a batch whose prompts differ in length"
-    assert changed, "right padding changed no answer"
-    # Only prompts that got [PAD]s at their end change; the longest prompt of each batch has none.
+    # Only prompts that got [PAD]s at their end can change; the longest prompt of each batch has none.
+    # (The fitted demo model is confident enough that its answers may survive the shifted logits
+    # shown by test_first_answer_token_logits_in_a_batch; the random model below is not.)
     assert changed <= shorter
     print(f"right padding changed {len(changed)} of {len(shorter)} answers of shorter prompts")
+
+
+def test_right_padding_changes_answers_of_a_random_model(tiny_salmonn):
+    """The official layout changes greedy answers of shorter prompts; left padding changes none."""
+    import numpy as np
+
+    from salmonn_pl.data.collate import SpeechCollator
+    from salmonn_pl.generation.decode import GenerationSettings
+
+    template = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
+    questions = [
+        "What animal makes the sound in the audio? (a) dog (b) cat (c) cow (d) pig",
+        "Which emotion? (a) happy (b) sad",
+        "Listen to the clip and choose the language spoken by the speaker. (a) German (b) French (c) Korean (d) Japanese",
+        "Gender? (a) male (b) female",
+    ]
+    rng = np.random.default_rng(0)
+    batch = SpeechCollator()([
+        {"id": str(i), "audio": 0.1 * rng.standard_normal(16000 * (i + 1)), "prompt": template.format(q), "text": "", "meta": {}}
+        for i, q in enumerate(questions)
+    ])
+    settings = GenerationSettings(max_new_tokens=8, num_beams=1)
+    with torch.no_grad():
+        tokens = tiny_salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        alone = [tiny_salmonn.generate([p], tokens[i : i + 1], settings).sequences[0] for i, p in enumerate(batch["prompt"])]
+        left = tiny_salmonn.generate(batch["prompt"], tokens, settings, padding_side="left").sequences
+        right = tiny_salmonn.generate(batch["prompt"], tokens, settings, padding_side="right").sequences
+    assert left == alone
+    longest = max(range(len(questions)), key=lambda i: len(questions[i]))
+    assert right[longest] == alone[longest]
+    assert any(right[i] != alone[i] for i in range(len(questions)) if i != longest)
 
 
 @torch.no_grad()
