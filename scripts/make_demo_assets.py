@@ -18,7 +18,7 @@ from salmonn_pl.model.tiny import write_tiny_salmonn
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def main(out_dir: Path = ROOT / "assets", seed: int = 0, n_test: int = 12, pretrain_steps: int = 200) -> None:
+def main(out_dir: Path = ROOT / "assets", seed: int = 0, n_test: int = 12, pretrain_steps: int = 600) -> None:
     """Write ``tiny-salmonn/`` (LLM pretrained on question/answer text for ``pretrain_steps``) and ``demo-sakura/``."""
     for name in ("tiny-salmonn", "demo-sakura"):
         shutil.rmtree(out_dir / name, ignore_errors=True)

@@ -65,11 +65,16 @@ def tiny_qformer_settings(sizes: TinySizes | None = None) -> QFormerSettings:
 
 
 def _corpus(seed: int, n: int = 3000) -> list[str]:
-    """Question/answer dialogues in the SALMONN prompt format (audio slot left empty).
+    """Question/answer dialogues in the SALMONN prompt format.
 
     Options come from SAKURA-like vocabularies and from the synthetic task's sound classes, so a
     tiny LLM pretrained on it answers in the benchmark's format and knows the option words; which
-    option is right is uniform, so it has no prior to exploit.
+    option is right is uniform, so it has no prior to exploit. In half of the synthetic-sound
+    dialogues the speech slot describes the sound in words (``<Speech> rising chirp </Speech>``) and
+    the answer is the option that the description names (single-hop) or its everyday source
+    (multi-hop): the LLM learns to answer from what sits in the speech slot and what makes which
+    sound, the way Vicuna brings reading and world knowledge to SALMONN. The audio itself never
+    appears, so fitting the connector still has to teach the model to hear.
     """
     rng = random.Random(seed)
     words = ANIMALS + EMOTIONS + LANGUAGES + COUNTRIES + SOUNDS + ["male", "female", "man", "woman"]
@@ -77,10 +82,20 @@ def _corpus(seed: int, n: int = 3000) -> list[str]:
     stems = QUESTIONS + [q for hop in QUESTION_STEMS.values() for q in hop]
     lines = []
     for _ in range(n):
-        options = rng.sample(rng.choice(vocabularies), 4)
+        if rng.random() < 0.5:
+            sound = rng.choice(SOUND_CLASSES)
+            hop = rng.choice(("single", "multi"))
+            answer = sound.name if hop == "single" else sound.source
+            others = [c.name if hop == "single" else c.source for c in SOUND_CLASSES if c is not sound]
+            options = rng.sample(others, 3)
+            options.insert(rng.randrange(4), answer)
+            slot, stem = f" {sound.name} ", rng.choice(QUESTION_STEMS[hop])
+        else:
+            options = rng.sample(rng.choice(vocabularies), 4)
+            answer, slot, stem = rng.choice(options), "", rng.choice(stems)
+        k = options.index(answer)
         opts = " ".join(f"({'abcd'[i]}) {o}" for i, o in enumerate(options))
-        k = rng.randrange(4)
-        lines.append(f"USER: <Speech></Speech> {rng.choice(stems)} {opts}\nASSISTANT: ({'abcd'[k]}) {options[k]}")
+        lines.append(f"USER: <Speech>{slot}</Speech> {stem} {opts}\nASSISTANT: ({'abcd'[k]}) {answer}")
     lines += [f"The speaker sounds {rng.choice(EMOTIONS)}. I cannot determine the answer. It is a {rng.choice(SOUNDS)}." for _ in range(n // 4)]
     return lines
 

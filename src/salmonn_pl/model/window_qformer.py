@@ -85,6 +85,13 @@ class WindowQFormer(nn.Module):
         self.query_tokens = nn.Parameter(torch.zeros(1, num_query_tokens, qformer.hidden_size))
         self.query_tokens.data.normal_(mean=0.0, std=0.02)
         self.proj = nn.Linear(qformer.hidden_size, llm_width)
+        # A connector trained from scratch must not drown the prompt: with nn.Linear's default init
+        # the audio tokens (the Q-Former output is LayerNorm-ed, norm ~sqrt(width)) come out an order
+        # of magnitude larger than word embeddings, and a pretrained LLM then learns to ignore them.
+        # This init gives each token coordinate std ~0.02, LLaMA's embedding init. Loading a released
+        # checkpoint overwrites it.
+        nn.init.normal_(self.proj.weight, std=0.02 / qformer.hidden_size**0.5)
+        nn.init.zeros_(self.proj.bias)
 
     def tokens_for_frames(self, frames: int = WHISPER_FRAMES_PER_30S) -> int:
         """Number of audio tokens produced for ``frames`` encoder frames."""
