@@ -172,7 +172,7 @@ def _rows(
 def _loglik(
     salmonn: Salmonn,
     rows: list[_Row],
-    audio_tokens: torch.Tensor | None,
+    audio_tokens: torch.Tensor | list[torch.Tensor] | None,
     settings: OptionScoringSettings,
     padding_side: PaddingSide,
 ) -> torch.Tensor:
@@ -185,8 +185,10 @@ def _loglik(
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
         audio = None
-        if audio_tokens is not None:
+        if isinstance(audio_tokens, torch.Tensor):
             audio = audio_tokens[torch.tensor([r.question for r in chunk], device=audio_tokens.device)]
+        elif audio_tokens is not None:  # per-question tensors (mixed ablations, long audio)
+            audio = [audio_tokens[r.question] for r in chunk]
         inputs = salmonn.assemble([r.prompt for r in chunk], audio, [r.answer for r in chunk], padding_side)
         labels = inputs.labels
         if not settings.score_end_of_answer:
