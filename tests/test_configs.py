@@ -31,13 +31,27 @@ def documented_subcommand(config: Path) -> str:
     return match.group(1) if match else "test"
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+PROBE_CONFIGS = [c for c in CONFIGS if f"salmonn-pl-probe --config configs/{c.name}" in c.read_text()]
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c not in PROBE_CONFIGS], ids=lambda p: p.name)
 def test_config_parses(config, capsys):
     with pytest.raises(SystemExit) as done:
         build_cli([documented_subcommand(config), "--config", str(config), "--print_config"])
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["model"]["llm_path"] and printed["data"]["class_path"]
+
+
+@pytest.mark.parametrize("config", PROBE_CONFIGS, ids=lambda p: p.name)
+def test_probe_config_parses(config, capsys):
+    from salmonn_pl.probes.run import main as probe_main
+
+    with pytest.raises(SystemExit) as done:
+        probe_main(["--config", str(config), "--print_config"])
+    assert done.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["llm_path"] and printed["data"]["class_path"]
 
 
 def tiny_overrides(tiny_files: dict[str, Path]) -> list[str]:
