@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
 import torch
 
 from salmonn_pl.data.variants import Ablation
+from salmonn_pl.eval.judge_rule import Judge
 from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, diverse_beam_generate
@@ -49,7 +50,7 @@ class SalmonnModule(L.LightningModule):
         padding_side: PaddingSide = "left",
         ablation: Ablation = "none",
         lora_scale: float = 1.0,
-        judge: Any = None,
+        judge: Judge | None = None,
         output_dir: str = "outputs/run",
         run_name: str = "",
         objectives: Objectives | None = None,
