@@ -2,12 +2,11 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from noise_audio import noise_audio_tokens
 
-from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import embed_tokens
@@ -21,25 +20,9 @@ QUESTIONS = [
 PROMPTS = [TEMPLATE.format(q) for q in QUESTIONS]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def audio(tiny_salmonn) -> torch.Tensor:
-    rng = np.random.default_rng(3)
-    examples = [
-        {"id": str(i), "audio": 0.1 * rng.standard_normal(8000 * (i + 2)), "prompt": p, "text": "", "meta": {}}
-        for i, p in enumerate(PROMPTS)
-    ]
-    batch = SpeechCollator()(examples)
-    with torch.no_grad():
-        return tiny_salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"],
-                                         batch["wav_lengths"])["audio_tokens"]
+    return noise_audio_tokens(tiny_salmonn, len(PROMPTS), seed=3)
 
 
 def _teacher_forced_logits(salmonn, prompt: str, audio: torch.Tensor | None, tokens: list[int]) -> torch.Tensor:

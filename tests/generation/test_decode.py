@@ -5,11 +5,22 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from golden import Golden, assert_close
 from transformers import SequenceBiasLogitsProcessor
 
-from golden import Golden, assert_close
-from salmonn_pl.generation.decode import DecodeStep, GenerationSettings, ScoreHook, generate
-from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm, load_llm_weights, set_pad_rows
+from salmonn_pl.generation.decode import (
+    DecodeStep,
+    GenerationSettings,
+    ScoreHook,
+    generate,
+)
+from salmonn_pl.model.llm import (
+    LoraSettings,
+    embed_tokens,
+    load_llm,
+    load_llm_weights,
+    set_pad_rows,
+)
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 
 PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"

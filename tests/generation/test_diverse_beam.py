@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from noise_audio import noise_audio_tokens
 
-from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.decode import DecodeStep, GenerationSettings, generate
 from salmonn_pl.generation.diverse_beam import (
     DiverseBeamSettings,
@@ -24,25 +24,9 @@ PROMPTS = [
 BEAMS4 = GenerationSettings(max_new_tokens=12, num_beams=4, num_return_sequences=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def audio(tiny_salmonn) -> torch.Tensor:
-    rng = np.random.default_rng(0)
-    examples = [
-        {"id": str(i), "audio": 0.1 * rng.standard_normal(16000 * (i + 1)), "prompt": p, "text": "", "meta": {}}
-        for i, p in enumerate(PROMPTS)
-    ]
-    batch = SpeechCollator()(examples)
-    with torch.no_grad():
-        return tiny_salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"],
-                                         batch["wav_lengths"])["audio_tokens"]
+    return noise_audio_tokens(tiny_salmonn, len(PROMPTS), seed=0)
 
 
 def _llm_inputs(salmonn, audio):

@@ -2,11 +2,10 @@
 
 import re
 
-import numpy as np
 import pytest
 import torch
+from noise_audio import noise_audio_tokens
 
-from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.format_forcing import (
     FormatForcingSettings,
@@ -23,25 +22,8 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _audio_tokens(salmonn, n: int) -> torch.Tensor:
-    rng = np.random.default_rng(2)
-    examples = [
-        {"id": str(i), "audio": 0.1 * rng.standard_normal(8000 * (i + 2)), "prompt": TEMPLATE.format("q"), "text": "",
-         "meta": {}}
-        for i in range(n)
-    ]
-    batch = SpeechCollator()(examples)
-    with torch.no_grad():
-        return salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"],
-                                    batch["wav_lengths"])["audio_tokens"]
+    return noise_audio_tokens(salmonn, n, seed=2)
 
 
 def _label(text: str) -> str | None:

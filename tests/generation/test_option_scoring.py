@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from noise_audio import noise_audio_tokens
 
-from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 
 TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
@@ -18,25 +18,8 @@ QUESTIONS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _audio_tokens(salmonn, n: int) -> torch.Tensor:
-    rng = np.random.default_rng(1)
-    examples = [
-        {"id": str(i), "audio": 0.1 * rng.standard_normal(8000 * (i + 2)), "prompt": TEMPLATE.format("q"), "text": "",
-         "meta": {}}
-        for i in range(n)
-    ]
-    batch = SpeechCollator()(examples)
-    with torch.no_grad():
-        return salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"],
-                                    batch["wav_lengths"])["audio_tokens"]
+    return noise_audio_tokens(salmonn, n, seed=1)
 
 
 def _token(salmonn, piece: str) -> int:

@@ -3,11 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from transformers import EncoderRepetitionPenaltyLogitsProcessor, ExponentialDecayLengthPenalty, SequenceBiasLogitsProcessor
+from transformers import (
+    EncoderRepetitionPenaltyLogitsProcessor,
+    ExponentialDecayLengthPenalty,
+    SequenceBiasLogitsProcessor,
+)
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
-from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
+from salmonn_pl.generation.processors import (
+    LogitsProcessorSettings,
+    build_logits_processors,
+)
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) low tone (b) white noise\nASSISTANT:"
 
