@@ -164,9 +164,7 @@ class SalmonnModule(L.LightningModule):
             logp_text, _ = m.answer_logprobs(text_inputs)
             penalty, gain = margin_penalty(logp_audio, logp_text, n_tokens, objectives.margin)
             return {"loss_prior": penalty, "audio_gain": gain}
-        metas = batch.get("meta") or [{}] * len(batch["prompt"])
-        questions = [meta.get("question") or meta.get("instruction") for meta in metas]
-        options = text_only_option_logprobs(m, batch["prompt"], questions, batch["text"], self.padding_side)
+        options = text_only_option_logprobs(m, batch["prompt"], questions_of(batch), batch["text"], self.padding_side)
         # Every batch logs the same keys (ranks that disagree would hang a synced log); text_only_acc
         # is weighted by the questions whose answer is known, so batches without any count for nothing.
         no_answer = {"text_only_acc": logp_audio.new_zeros(()), TEXT_ONLY_KNOWN: logp_audio.new_zeros(())}
@@ -236,7 +234,7 @@ class SalmonnModule(L.LightningModule):
         """One answer per row: ``{"response": text, ...}`` plus per-option scores when scoring options."""
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
-        questions = [meta.get("question") or meta.get("instruction", "") for meta in batch["meta"]]
+        questions = questions_of(batch)
         if self.decoding == "option_scoring":
             scores = score_options(m, batch["prompt"], questions, audio, self.option_scoring, side, ids=batch["id"])
             return [{"response": s.choice, "option_scores": s.to_record()} for s in scores]
@@ -289,6 +287,12 @@ class SalmonnModule(L.LightningModule):
         # Every rank holds the same gathered counts: syncing them changes no value, and without it
         # Lightning warns once per metric key under DDP.
         self.log_dict(self.evaluator.log_dict(counts), sync_dist=True)
+
+
+def questions_of(batch: dict) -> list[str]:
+    """The question each row's prompt shows (SAKURA meta ``question``, annotation meta ``instruction``)."""
+    metas = batch.get("meta") or [{}] * len(batch["prompt"])
+    return [meta.get("question") or meta.get("instruction", "") for meta in metas]
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

@@ -4,28 +4,14 @@ every stage timer firing, exclusive stage times, and its RESULTS.md section repl
 Correctness only: no figure is asserted, since CI machines differ in speed.
 """
 
-import importlib.util
 import math
-import sys
 
 import pytest
 import torch
-from golden import REPO_ROOT, SAKURA_MINI
+from bench_scripts import load_script, needs_mini
+from golden import SAKURA_MINI
 
-BENCH = REPO_ROOT / "bench"
-needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
-
-
-def _load_script(name: str, filename: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
-
-
-sys.path.insert(0, str(BENCH))  # the scripts import their shared helpers as `common`
-bench = _load_script("bench_eval_throughput", "eval_throughput.py")
+bench = load_script("bench_eval_throughput", "eval_throughput.py")
 
 
 @needs_mini

@@ -3,30 +3,15 @@
 Correctness only: no figure is asserted, since CI machines differ in speed.
 """
 
-import importlib.util
-import sys
-
 import pytest
 import torch
-from golden import REPO_ROOT, SAKURA_MINI
+from bench_scripts import load_script, needs_mini
+from golden import SAKURA_MINI
 from torch.utils.data import DataLoader
 
-BENCH = REPO_ROOT / "bench"
-needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
+import common  # noqa: E402,I001  (on sys.path once bench_scripts is imported)
 
-
-def _load_script(name: str, filename: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
-
-
-sys.path.insert(0, str(BENCH))  # the scripts import their shared helpers as `common`
-import common  # noqa: E402
-
-bench = _load_script("bench_features", "features.py")
+bench = load_script("bench_features", "features.py")
 
 
 @needs_mini

@@ -5,26 +5,12 @@ Correctness only: no figure is asserted, since CI machines differ in speed.
 """
 
 import dataclasses
-import importlib.util
 import math
-import sys
 
 import torch
-from golden import REPO_ROOT
+from bench_scripts import load_script
 
-BENCH = REPO_ROOT / "bench"
-
-
-def _load_script(name: str, filename: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / filename)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the script runs
-    spec.loader.exec_module(module)
-    return module
-
-
-sys.path.insert(0, str(BENCH))  # the scripts import their shared helpers as `common`
-bench = _load_script("bench_gpu", "gpu.py")
+bench = load_script("bench_gpu", "gpu.py")
 
 from salmonn_pl.generation.decode import CachedLM  # noqa: E402
 from salmonn_pl.model.salmonn import Salmonn  # noqa: E402

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from salmonn_pl.data.annotations import parse_question
 from salmonn_pl.data.audio import SAMPLE_RATE
 
 DEFAULT_PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {question}\nASSISTANT:"
@@ -106,7 +106,6 @@ def pad_to_duration(
 
 
 # The option list starts at the last "(a)" that is followed by a "(b)"; everything from there on goes.
-_OPTION_LIST = re.compile(r"\s*\(a\)(?!.*\(a\)).*?\(b\).*\Z", re.DOTALL | re.IGNORECASE)
 
 
 def strip_options(question: str) -> str:
@@ -116,10 +115,10 @@ def strip_options(question: str) -> str:
     from. Raises ``ValueError`` when the question has no such list, so a silent no-op cannot pass
     for a probe.
     """
-    stripped, count = _OPTION_LIST.subn("", question)
-    if count == 0:
+    parsed = parse_question(question)
+    if parsed is None:
         raise ValueError(f"strip_options: no '(a) ... (b) ...' option list in question {question!r}")
-    return stripped.rstrip()
+    return parsed.stem
 
 
 def check_prompt_template(template: str) -> None:

@@ -51,6 +51,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from salmonn_pl.data.annotations import option_letter, parse_question
+
 Verdict = Literal["correct", "incorrect", "unjudged"]
 VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unjudged")
 
@@ -202,30 +204,10 @@ def _is_negated(words: list[str], clauses: list[int], start: int) -> bool:
 # Options and letters
 
 
-_OPTION_MARKERS = {letter: re.compile(rf"(?<![A-Za-z0-9])\({letter}\)", re.IGNORECASE) for letter in "abcdefghijklmnopqrstuvwxyz"}
-
-
 def parse_options(question: str) -> dict[str, str]:
-    """``{"a": "happy", "b": "disgust", ...}`` from the inline ``(a) ... (b) ...`` list.
-
-    Markers are searched in order (a, then b after it, ...), so parentheses inside option texts
-    cannot be mistaken for markers. Fewer than two markers means the question lists no options.
-    """
-    positions: list[tuple[str, int, int]] = []
-    cursor = 0
-    for letter, marker in _OPTION_MARKERS.items():
-        match = marker.search(question, cursor)
-        if match is None:
-            break
-        positions.append((letter, match.start(), match.end()))
-        cursor = match.end()
-    if len(positions) < 2:
-        return {}
-    options = {}
-    for i, (letter, _, end) in enumerate(positions):
-        stop = positions[i + 1][1] if i + 1 < len(positions) else len(question)
-        options[letter] = question[end:stop].strip()
-    return options
+    """``{"a": "happy", "b": "disgust", ...}`` from the inline ``(a) ... (b) ...`` list; ``{}`` without one."""
+    parsed = parse_question(question)
+    return {} if parsed is None else {option_letter(i): text for i, text in enumerate(parsed.options)}
 
 
 def answer_letter(answer: str, options: dict[str, str]) -> str | None:

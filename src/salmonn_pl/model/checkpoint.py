@@ -33,58 +33,55 @@ _DROPPED = (
     re.compile(r"^speech_Qformer\.bert\.embeddings\.position_ids$"),
 )
 
-# (official pattern, salmonn-pl replacement), tried in order.
-_KEY_MAP: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^speech_query_tokens$"), "connector.query_tokens"),
-    (re.compile(r"^ln_speech\.(.*)$"), r"connector.ln_speech.\1"),
-    (re.compile(r"^ln_audio\.(.*)$"), r"connector.ln_audio.\1"),
-    (re.compile(r"^speech_llama_proj\.(.*)$"), r"connector.proj.\1"),
-    (re.compile(r"^speech_Qformer\.bert\.embeddings\.LayerNorm\.(.*)$"), r"connector.qformer.layernorm.\1"),
+# (official name, salmonn-pl name) templates, tried in order in either direction. {layer} is a layer
+# index, {kind} the Q-Former's self- or cross-attention, {rest} the remainder of the name.
+_NAME_PAIRS = [
+    ("speech_query_tokens", "connector.query_tokens"),
+    ("ln_speech.{rest}", "connector.ln_speech.{rest}"),
+    ("ln_audio.{rest}", "connector.ln_audio.{rest}"),
+    ("speech_llama_proj.{rest}", "connector.proj.{rest}"),
+    ("speech_Qformer.bert.embeddings.LayerNorm.{rest}", "connector.qformer.layernorm.{rest}"),
     (
-        re.compile(r"^speech_Qformer\.bert\.encoder\.layer\.(\d+)\.(attention|crossattention)\.self\.(.*)$"),
-        r"connector.qformer.encoder.layer.\1.\2.attention.\3",
+        "speech_Qformer.bert.encoder.layer.{layer}.{kind}.self.{rest}",
+        "connector.qformer.encoder.layer.{layer}.{kind}.attention.{rest}",
     ),
-    (re.compile(r"^speech_Qformer\.bert\.encoder\.layer\.(\d+)\.(.*)$"), r"connector.qformer.encoder.layer.\1.\2"),
-    (re.compile(r"^llama_model\.(.*)$"), r"llm.\1"),
-    (re.compile(r"^speech_encoder\.(.*)$"), r"whisper.\1"),
-    (re.compile(r"^beats\.(.*)$"), r"beats.\1"),
+    ("speech_Qformer.bert.encoder.layer.{layer}.{rest}", "connector.qformer.encoder.layer.{layer}.{rest}"),
+    ("llama_model.{rest}", "llm.{rest}"),
+    ("speech_encoder.{rest}", "whisper.{rest}"),
+    ("beats.{rest}", "beats.{rest}"),
 ]
+_FIELDS = {"layer": r"\d+", "kind": "attention|crossattention", "rest": ".*"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # literal, field, literal, field, ...
+    return re.compile(
+        "^" + "".join(f"(?P<{p}>{_FIELDS[p]})" if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$"
+    )
+
+
+_TO_OURS = [(_pattern(official), ours) for official, ours in _NAME_PAIRS]
+_TO_OFFICIAL = [(_pattern(ours), official) for official, ours in _NAME_PAIRS]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, template in rules:
+        match = pattern.match(key)
+        if match:
+            return template.format(**match.groupdict())
+    raise KeyError(key)
 
 
 def map_official_key(key: str) -> str | None:
     """salmonn-pl name of an official key; ``None`` for buffers we recompute."""
     if any(p.match(key) for p in _DROPPED):
         return None
-    for pattern, replacement in _KEY_MAP:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    raise KeyError(key)
-
-
-# (salmonn-pl pattern, official replacement): the inverse of _KEY_MAP, for exporting.
-_EXPORT_MAP: list[tuple[re.Pattern, str]] = [
-    (re.compile(r"^connector\.query_tokens$"), "speech_query_tokens"),
-    (re.compile(r"^connector\.ln_speech\.(.*)$"), r"ln_speech.\1"),
-    (re.compile(r"^connector\.ln_audio\.(.*)$"), r"ln_audio.\1"),
-    (re.compile(r"^connector\.proj\.(.*)$"), r"speech_llama_proj.\1"),
-    (re.compile(r"^connector\.qformer\.layernorm\.(.*)$"), r"speech_Qformer.bert.embeddings.LayerNorm.\1"),
-    (
-        re.compile(r"^connector\.qformer\.encoder\.layer\.(\d+)\.(attention|crossattention)\.attention\.(.*)$"),
-        r"speech_Qformer.bert.encoder.layer.\1.\2.self.\3",
-    ),
-    (re.compile(r"^connector\.qformer\.encoder\.layer\.(\d+)\.(.*)$"), r"speech_Qformer.bert.encoder.layer.\1.\2"),
-    (re.compile(r"^llm\.(.*)$"), r"llama_model.\1"),
-    (re.compile(r"^whisper\.(.*)$"), r"speech_encoder.\1"),
-    (re.compile(r"^beats\.(.*)$"), r"beats.\1"),
-]
+    return _rename(key, _TO_OURS)
 
 
 def to_official_key(key: str) -> str:
     """Official SALMONN name of a salmonn-pl parameter (inverse of :func:`map_official_key`)."""
-    for pattern, replacement in _EXPORT_MAP:
-        if pattern.match(key):
-            return pattern.sub(replacement, key)
-    raise KeyError(key)
+    return _rename(key, _TO_OFFICIAL)
 
 
 def export_official_checkpoint(model: nn.Module, path: str | Path) -> None:

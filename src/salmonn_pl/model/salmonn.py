@@ -101,12 +101,11 @@ class LLMInputs:
 class Salmonn(nn.Module):
     def __init__(self, config: SalmonnConfig):
         super().__init__()
-        self.config = config
         llm_path = Path(config.llm_path)
-        self.tokenizer = SalmonnTokenizer(llm_path)
-        self.llm = load_llm(
+        tokenizer = SalmonnTokenizer(llm_path)
+        llm = load_llm(
             llm_path,
-            self.tokenizer,
+            tokenizer,
             torch_dtype=DTYPES[config.llm_dtype],
             lora=LoraSettings(
                 rank=config.lora_rank,
@@ -118,19 +117,9 @@ class Salmonn(nn.Module):
             else None,
             load_in_8bit=config.load_in_8bit,
         )
-        self.whisper = load_whisper_encoder(config.whisper_path)
-        self.beats = BEATs.from_checkpoint(config.beats_path) if config.beats_path else None
-        self.connector = WindowQFormer(
-            whisper_width=self.whisper.config.d_model,
-            beats_width=self.beats.output_dim if self.beats is not None else None,
-            llm_width=self.llm.config.hidden_size,
-            num_query_tokens=config.num_speech_query_token,
-            second_per_window=config.second_per_window,
-            second_stride=config.second_stride,
-            window_level=config.window_level_qformer,
-            qformer=config.qformer,
-        )
-        self._freeze()
+        whisper = load_whisper_encoder(config.whisper_path)
+        beats = BEATs.from_checkpoint(config.beats_path) if config.beats_path else None
+        self._build(config, tokenizer, llm, whisper, beats)
         if config.ckpt:
             from salmonn_pl.model.checkpoint import load_salmonn_checkpoint
 
@@ -155,12 +144,17 @@ class Salmonn(nn.Module):
         """
         model = cls.__new__(cls)
         nn.Module.__init__(model)
-        model.config = config
-        model.tokenizer = tokenizer
-        model.llm = llm
-        model.whisper = whisper
-        model.beats = beats
-        model.connector = WindowQFormer(
+        model._build(config, tokenizer, llm, whisper, beats)
+        return model
+
+    def _build(self, config: SalmonnConfig, tokenizer: SalmonnTokenizer, llm: nn.Module, whisper: nn.Module, beats: BEATs | None) -> None:
+        """Hold the parts, create the connector that joins them, and freeze per ``config``."""
+        self.config = config
+        self.tokenizer = tokenizer
+        self.llm = llm
+        self.whisper = whisper
+        self.beats = beats
+        self.connector = WindowQFormer(
             whisper_width=whisper.config.d_model,
             beats_width=beats.output_dim if beats is not None else None,
             llm_width=llm.config.hidden_size,
@@ -170,8 +164,7 @@ class Salmonn(nn.Module):
             window_level=config.window_level_qformer,
             qformer=config.qformer,
         )
-        model._freeze()
-        return model
+        self._freeze()
 
     def _freeze(self) -> None:
         frozen = []
@@ -368,13 +361,15 @@ class Salmonn(nn.Module):
         return LLMInputs(embeds, mask, labels, position_ids, audio_mask)
 
     # -- training ----------------------------------------------------------------------------
-    def llm_logits(self, inputs: LLMInputs) -> torch.Tensor:
+    def llm_logits(self, inputs: LLMInputs, logits_to_keep: int = 0) -> torch.Tensor:
+        """LLM logits at every position, or at the last ``logits_to_keep`` ones."""
         with self.autocast():
             return self.llm(
                 inputs_embeds=inputs.inputs_embeds,
                 attention_mask=inputs.attention_mask,
                 position_ids=inputs.position_ids,
                 use_cache=False,
+                logits_to_keep=logits_to_keep,
             ).logits
 
     @staticmethod
@@ -395,15 +390,7 @@ class Salmonn(nn.Module):
         labels = inputs.labels if labels is None else labels
         first_target = int((labels != -100).int().argmax(dim=1).min())
         keep = labels.shape[1] - first_target + 1
-        with self.autocast():
-            logits = self.llm(
-                inputs_embeds=inputs.inputs_embeds,
-                attention_mask=inputs.attention_mask,
-                position_ids=inputs.position_ids,
-                use_cache=False,
-                logits_to_keep=keep,
-            ).logits
-        return self.target_logprobs(logits, labels[:, -keep:])
+        return self.target_logprobs(self.llm_logits(inputs, keep), labels[:, -keep:])
 
     def lm_loss(self, inputs: LLMInputs) -> torch.Tensor:
         """The official loss: token-mean cross-entropy over every target token of the batch."""
