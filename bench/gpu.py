@@ -394,8 +394,10 @@ def measure(
 
     llm_config = salmonn.llm.config
     cache_element = COMPUTE_DTYPES[precision].itemsize
-    context = result.prompt_tokens + (max_new_tokens + 1) / 2
-    result.bytes_per_step = llm_weight_bytes(salmonn.llm) + kv_cache_bytes(llm_config, result.rows, context, cache_element)
+    # CachedLM holds the prompt's keys/values once per question and the generated ones once per beam.
+    prompt_kv = kv_cache_bytes(llm_config, batch_size, result.prompt_tokens, cache_element)
+    generated_kv = kv_cache_bytes(llm_config, result.rows, (max_new_tokens + 1) / 2, cache_element)
+    result.bytes_per_step = llm_weight_bytes(salmonn.llm) + prompt_kv + generated_kv
     if device.type == "cuda":
         result.peak_memory_gib = torch.cuda.max_memory_allocated(device) / 2**30
     return result

@@ -82,8 +82,8 @@ def test_decode_step_bytes_are_the_llm_weights_without_the_embedding_table_plus_
     with torch.no_grad():
         lm.prefill(embeds, mask)
     lm.repeat_rows(beams)
-    held = sum(t.numel() * t.element_size() for layer in lm.cache.layers for t in (layer.keys, layer.values))
-    assert bench.kv_cache_bytes(llm.config, batch * beams, context, 4) == held
+    held = sum(t.numel() * t.element_size() for t in (*lm.cache.prompt_keys, *lm.cache.prompt_values))
+    assert bench.kv_cache_bytes(llm.config, batch, context, 4) == held  # the prompt is held once per item
 
 
 def test_peak_bandwidth_is_looked_up_by_the_most_specific_device_name():

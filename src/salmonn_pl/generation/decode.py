@@ -35,6 +35,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
+from salmonn_pl.generation.prefix_kv_cache import LlamaParts, PrefixKVCache, llama_decode_step
+
 
 @dataclass
 class GenerationSettings:
@@ -193,54 +195,58 @@ def _warpers(settings: GenerationSettings) -> LogitsProcessorList:
 
 
 class CachedLM:
-    """One causal LM with its KV cache and the attention mask / positions that go with it.
+    """One causal LM with its KV cache and the prompt mask / positions that go with it.
 
     :func:`generate` drives one; a :class:`ScoreHook` may drive a second one in lockstep (e.g. the
     same LLM on a prompt without audio tokens), calling :meth:`repeat_rows`, :meth:`reorder` and
     :meth:`step` as the main loop does.
+
+    The prompt runs through the Hugging Face forward; decode steps run the model's LLaMA modules
+    against a :class:`PrefixKVCache`, which holds each prompt's keys/values once however many beams
+    or samples continue it. The model must be LLaMA-shaped (``ValueError`` otherwise).
     """
 
     def __init__(self, model: torch.nn.Module, need_hidden: bool):
         self.model = model
         self.need_hidden = need_hidden
-        self.cache = DynamicCache()
-        self.attention_mask: torch.Tensor | None = None
+        self.parts = LlamaParts.of(model)
+        self.cache: PrefixKVCache | None = None
 
     def prefill(
         self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self.attention_mask = attention_mask.long()
-        position_ids = self.attention_mask.cumsum(-1) - 1
-        position_ids = position_ids.masked_fill(self.attention_mask == 0, 1)
-        return self._forward(inputs_embeds=inputs_embeds, position_ids=position_ids)
-
-    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mask = self.attention_mask
-        self.attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-        position_ids = self.attention_mask.sum(-1, keepdim=True) - 1
-        return self._forward(input_ids=tokens[:, None], position_ids=position_ids)
-
-    def repeat_rows(self, times: int) -> None:
-        self.cache.batch_repeat_interleave(times)
-        self.attention_mask = self.attention_mask.repeat_interleave(times, dim=0)
-
-    def reorder(self, rows: torch.Tensor) -> None:
-        self.cache.reorder_cache(rows)
-        self.attention_mask = self.attention_mask[rows]
-
-    def _forward(self, position_ids: torch.Tensor, **inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = attention_mask.long()
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        prompt_cache = DynamicCache()
         out = self.model(
-            **inputs,
-            attention_mask=self.attention_mask,
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
             position_ids=position_ids,
-            cache=self.cache,
+            cache=prompt_cache,
             use_cache=True,
             output_hidden_states=self.need_hidden,
             logits_to_keep=1,
         )
-        logits = out.logits[:, -1].float()
+        self.cache = PrefixKVCache(
+            [layer.keys for layer in prompt_cache.layers], [layer.values for layer in prompt_cache.layers], mask
+        )
         hidden = out.hidden_states[-1][:, -1] if self.need_hidden else None
-        return logits, hidden
+        return out.logits[:, -1].float(), hidden
+
+    def step(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, hidden = llama_decode_step(self.parts, self._prefilled(), tokens)
+        return logits, hidden if self.need_hidden else None
+
+    def repeat_rows(self, times: int) -> None:
+        self._prefilled().repeat_rows(times)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        self._prefilled().reorder(rows)
+
+    def _prefilled(self) -> PrefixKVCache:
+        if self.cache is None:
+            raise RuntimeError("CachedLM.prefill must run before step, repeat_rows or reorder")
+        return self.cache
 
 
 # ------------------------------------------------------------------------------------ greedy / sampling
