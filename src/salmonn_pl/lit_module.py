@@ -25,7 +25,7 @@ from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_op
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
-from salmonn_pl.model.salmonn import PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
 from salmonn_pl.training.objectives import Objectives, kl_to_uniform, lm_loss, margin_penalty, text_only_accuracy
 from salmonn_pl.training.option_prior import text_only_option_logprobs
@@ -117,30 +117,21 @@ class SalmonnModule(L.LightningModule):
         metas = batch.get("meta") or [{}] * len(batch["prompt"])
         return [m.get("ablation", "none") if m.get("ablation", "none") != "none" else default for m in metas]
 
-    def encode(self, batch: dict, ablation: Ablation | None = None):
-        """Audio tokens for every row: a tensor, a list of per-row tensors (mixed ablations or long
-        audio), or ``None`` when every row is text-only."""
+    def encode(self, batch: dict, ablation: Ablation | None = None) -> AudioTokens:
+        """Audio tokens for every row: a tensor, a list of per-row tensors (long audio, text-only rows
+        among others), or ``None`` when every row is text-only.
+
+        Evaluating, every distinct audio of the batch (``meta["audio_key"]``) is encoded once, by the
+        encoders its rows' ablations keep (:meth:`Salmonn.encode_audio_shared`); the tokens are those
+        of encoding row by row. Training encodes row by row, so that every row draws its own
+        Q-Former dropout.
+        """
         ablations = self.row_ablations(batch, ablation)
-        groups: dict[str, list[int]] = {}
-        for row, name in enumerate(ablations):
-            groups.setdefault(name, []).append(row)
-        if list(groups) == ["no_audio"]:
-            return None
-        per_row: list[torch.Tensor | None] = [None] * len(ablations)
-        for name, rows in groups.items():
-            if name == "no_audio":
-                continue
-            sub = batch if len(rows) == len(ablations) else select_rows(batch, rows)
-            tokens = self.salmonn.encode_audio(
-                sub["spectrogram"], sub.get("raw_wav"), sub.get("padding_mask"), sub.get("wav_lengths"), ablation=name
-            )["audio_tokens"]
-            if len(groups) == 1:
-                return tokens
-            for i, row in enumerate(rows):
-                per_row[row] = tokens[i]
-        width = next(t for t in per_row if t is not None).shape[-1]
-        empty = torch.zeros(0, width, device=self.device)
-        return [t if t is not None else empty for t in per_row]
+        audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
+        if self.training:
+            return self.salmonn.encode_audio_per_ablation(*audio, ablations)
+        metas = batch.get("meta") or [{}] * len(ablations)
+        return self.salmonn.encode_audio_shared(*audio, ablations, [meta.get("audio_key") for meta in metas])
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:

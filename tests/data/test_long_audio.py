@@ -74,7 +74,7 @@ def test_target_sits_exactly_where_reported(total_seconds, position):
     json.dumps(placement.to_meta())
 
 
-def test_reproducible_by_question_id_and_independent_of_pool_order():
+def test_reproducible_by_clip_and_independent_of_pool_order():
     pool = _pool()
     target = pool[0]
     wav, placement = build_long_audio(target, pool, 60.0, "middle")
@@ -82,8 +82,9 @@ def test_reproducible_by_question_id_and_independent_of_pool_order():
     wav_again, placement_again = build_long_audio(target, shuffled, 60.0, "middle")
     np.testing.assert_array_equal(wav, wav_again)
     assert placement == placement_again
-    _, other_question = build_long_audio(target, pool, 60.0, "middle", question_id="Animal/multi/clip00")
-    assert [s.id for s in other_question.distractors] != [s.id for s in placement.distractors]
+    # The draw follows the target clip's id (not its samples): a clip of another id draws others.
+    _, other_clip = build_long_audio(dataclasses.replace(target, id="clip99"), pool, 60.0, "middle")
+    assert [s.id for s in other_clip.distractors] != [s.id for s in placement.distractors]
     _, other_seed = build_long_audio(target, pool, 60.0, "middle", seed=1)
     assert [s.id for s in other_seed.distractors] != [s.id for s in placement.distractors]
 

@@ -8,6 +8,7 @@ truncate to 30 s), after any study variant has been applied to the full clip.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import numpy as np
@@ -25,7 +26,9 @@ class Example(TypedDict):
     audio: np.ndarray  # float64 [N] mono 16 kHz, after variant transforms, not yet padded/truncated
     prompt: str  # full LLM prompt containing exactly one "<SpeechHere>"
     text: str  # training target or golden answer
-    meta: dict[str, Any]  # JSON-serialisable: track, hop, label, variant name and params, flags
+    # JSON-serialisable: track, hop, label, variant name and params, flags. An optional "audio_key"
+    # string promises that examples with the same key hold the same waveform (see SakuraDataset).
+    meta: dict[str, Any]
 
 
 class Batch(TypedDict):
@@ -47,6 +50,8 @@ class SpeechCollator:
 
     ``feature_dtype`` is the compute precision of the Whisper log-mel (see
     :func:`salmonn_pl.data.features.whisper_log_mel`); the spectrogram is float32 either way.
+    Examples sharing a ``meta["audio_key"]`` get their log-mel computed once (the batch still has
+    one spectrogram row per example); a key shared by different waveforms is an error.
     """
 
     def __init__(self, feature_dtype: torch.dtype = torch.float32, max_seconds: float = 30.0) -> None:
@@ -62,6 +67,8 @@ class SpeechCollator:
             _check_example(example)
 
         wavs = [self._prepare(np.asarray(example["audio"], dtype=np.float64)) for example in examples]
+        same_audio = first_row_with_same_audio([example["meta"].get("audio_key") for example in examples])
+        _check_same_audio(examples, wavs, same_audio)
         wav_lengths = torch.tensor([len(wav) for wav in wavs], dtype=torch.long)
         batch, width = len(wavs), int(wav_lengths.max())
         raw_wav = _batch_tensor((batch, width), torch.float64)
@@ -71,7 +78,12 @@ class SpeechCollator:
         padding_mask = _batch_tensor((batch, width), torch.bool)
         torch.ge(torch.arange(width)[None, :], wav_lengths[:, None], out=padding_mask)
         spectrogram = _batch_tensor((batch, N_MELS, N_FRAMES), torch.float32)
-        whisper_log_mel(raw_wav, wav_lengths, dtype=self.feature_dtype, out=spectrogram)
+        for row, first in enumerate(same_audio):
+            if first == row:
+                rows = slice(row, row + 1)
+                whisper_log_mel(raw_wav[rows], wav_lengths[rows], dtype=self.feature_dtype, out=spectrogram[rows])
+            else:
+                spectrogram[row] = spectrogram[first]
 
         return Batch(
             spectrogram=spectrogram,
@@ -88,6 +100,24 @@ class SpeechCollator:
         if self.max_samples <= MAX_SAMPLES:
             return prepare_official(wav)[: self.max_samples]
         return prepare_official(wav[: self.max_samples]) if len(wav) <= MAX_SAMPLES else wav[: self.max_samples]
+
+
+def first_row_with_same_audio(audio_keys: Sequence[str | None]) -> list[int]:
+    """For each row, the first row whose ``audio_key`` equals its own (itself when the key is new).
+
+    A ``None`` key (an example without ``meta["audio_key"]``) shares audio with no other row.
+    """
+    first: dict[str, int] = {}
+    return [row if key is None else first.setdefault(key, row) for row, key in enumerate(audio_keys)]
+
+
+def _check_same_audio(examples: list[Example], wavs: list[np.ndarray], same_audio: list[int]) -> None:
+    for row, first in enumerate(same_audio):
+        if first != row and not np.array_equal(wavs[row], wavs[first]):
+            raise ValueError(
+                f"examples {examples[first]['id']!r} and {examples[row]['id']!r} share "
+                f"meta audio_key {examples[row]['meta']['audio_key']!r} but their audio differs"
+            )
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

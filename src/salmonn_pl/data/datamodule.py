@@ -20,10 +20,13 @@ Example YAML (``data:`` section of a LightningCLI config)::
         batch_size: 8
         on_error: skip
 
-Every (question, variant) pair is one example; examples of the same question are adjacent so its
-clip is decoded once. Long-audio variants (``long_audio_seconds``, see ``configs/long_audio.yaml``)
-surround the clip with clips of other questions of the benchmark; set ``max_audio_seconds`` (here
-and in the model) to at least their length so that the model hears all of it.
+Every (question, variant) pair is one example. Examples of the same clip are adjacent (its single-
+and multi-hop questions, each under every variant), so the clip is decoded once and a batch often
+holds the same audio several times: ``meta["audio_key"]`` tells the collator and the model which
+rows share a waveform, and they compute its features once. Long-audio variants
+(``long_audio_seconds``, see ``configs/long_audio.yaml``) surround the clip with clips of other
+questions of the benchmark; set ``max_audio_seconds`` (here and in the model) to at least their
+length so that the model hears all of it.
 """
 
 from __future__ import annotations
@@ -72,6 +75,12 @@ from salmonn_pl.data.variants import (
 class SakuraDataset(Dataset):
     """Every question under every variant, as :class:`~salmonn_pl.data.collate.Example` dicts.
 
+    Examples come clip by clip (in the order clips first appear in ``questions``), within a clip
+    question by question (single-hop first, as listed), within a question variant by variant. Each
+    example's ``meta["audio_key"]`` names its waveform (:meth:`~salmonn_pl.data.variants.Variant.audio_key`
+    of the clip ``<Track>/<file>``): equal keys mean equal audio across hops, ablations, prompts and
+    option stripping.
+
     ``distractor_questions`` are the questions whose clips long-audio variants may place around a
     question's clip (default: ``questions``); each clip is one candidate however many questions
     share it, and a clip never surrounds itself. A long-audio example's ``meta`` records where the
@@ -88,7 +97,7 @@ class SakuraDataset(Dataset):
         distractor_questions: list[SakuraQuestion] | None = None,
     ) -> None:
         check_prompt_template(prompt_template)
-        self.questions = questions
+        self.questions = clip_by_clip(questions)
         self.variants = variants
         self.prompt_template = prompt_template
         self.channel = channel
@@ -105,8 +114,9 @@ class SakuraDataset(Dataset):
         question = self.questions[index // len(self.variants)]
         variant = self.variants[index % len(self.variants)]
         audio = self._audio(question)
+        clip_id = sakura_clip_id(question)
         if variant.long_audio_seconds is None:
-            padded, placement = variant.apply_audio(audio, question.id), {}
+            padded, placement = variant.apply_audio(audio, clip_id), {}
         else:
             padded, placement = self._long_audio(question, audio, variant)
         text = variant.apply_question(question.instruction)
@@ -121,6 +131,7 @@ class SakuraDataset(Dataset):
             "question": text,
             **{key: value for key, value in variant.params().items() if key != "name"},
             "variant": variant.name,
+            "audio_key": variant.audio_key(clip_id),
             "num_samples": len(audio),
             "clip_start_s": padded.clip_start / SAMPLE_RATE,
             "longer_than_target": padded.longer_than_target,
@@ -161,12 +172,25 @@ class SakuraDataset(Dataset):
             candidates,
             total_seconds=variant.long_audio_seconds,
             position=variant.long_audio_position,
-            question_id=question.id,
         )
         padded = PaddedAudio(
             wav=wav, longer_than_target=placement.longer_than_target, clip_start=placement.target_start_sample
         )
         return padded, placement.to_meta()
+
+
+def clip_by_clip(questions: list[SakuraQuestion]) -> list[SakuraQuestion]:
+    """``questions`` reordered so that the questions about a clip are adjacent.
+
+    Clips keep the order in which they first appear (tracks stay apart), and a clip's questions
+    keep theirs (``read_sakura`` lists single-hop before multi-hop). Adjacent questions about a clip
+    land in the same batch, where their audio is encoded once.
+    """
+    first_seen: dict[str, int] = {}
+    for question in questions:
+        first_seen.setdefault(sakura_clip_id(question), len(first_seen))
+    # sorted() is stable: questions about one clip keep their relative order.
+    return sorted(questions, key=lambda question: first_seen[sakura_clip_id(question)])
 
 
 class SakuraDataModule(L.LightningDataModule):

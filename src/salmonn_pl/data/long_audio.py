@@ -3,9 +3,10 @@
 The target clip is placed, sample-exact and unaltered, at a chosen relative position (early = at the
 start, middle, late = at the end, or any fraction in between) of a recording of a chosen total
 duration; the rest is filled with clips drawn from other questions (with a different label when the
-pool has any), separated by short silences. Draws are seeded by a stable hash of the question id, so
-the same question always gets the same recording in any process. The official SALMONN path keeps
-only the first 30 s, so the placement records whether the target survives that cut.
+pool has any), separated by short silences. Draws are seeded by a stable hash of the clip's id, so
+the same clip always gets the same recording in any process, and both questions SAKURA asks about a
+clip (single- and multi-hop) hear the same recording. The official SALMONN path keeps only the
+first 30 s, so the placement records whether the target survives that cut.
 
 In a study this is the ``long_audio_*`` setting of a :class:`~salmonn_pl.data.variants.Variant`
 (e.g. ``long60s-middle``), which :class:`~salmonn_pl.data.datamodule.SakuraDataset` builds from a
@@ -192,7 +193,6 @@ def build_long_audio(
     position: LongAudioPosition = "middle",
     gap_seconds: float = DEFAULT_GAP_SECONDS,
     seed: int = 0,
-    question_id: str | None = None,
     sample_rate: int = SAMPLE_RATE,
 ) -> tuple[np.ndarray, LongAudioPlacement]:
     """Place ``target`` among distractors from ``pool`` to make a ``total_seconds`` recording.
@@ -200,8 +200,9 @@ def build_long_audio(
     The target starts at ``round(position * (total - len(target)))`` samples and its samples are
     copied unchanged. Distractors come from ``pool`` clips of other questions (``id != target.id``),
     of a different label when there are any. A target longer than ``total_seconds`` is returned
-    alone, flagged ``longer_than_target``. Draws are seeded by ``question_id`` (default: the clip's
-    id) with a stable hash, so the result depends only on the arguments.
+    alone, flagged ``longer_than_target``. Draws are seeded by ``seed`` and the target's id with a
+    stable hash, so the result depends only on the arguments: every question about a clip gets the
+    same recording.
     """
     fraction = resolve_position(position)
     if total_seconds <= 0 or gap_seconds < 0:
@@ -210,7 +211,7 @@ def build_long_audio(
     gap = int(round(gap_seconds * sample_rate))
     target_audio = target.samples()
     n_target = len(target_audio)
-    rng = np.random.default_rng(stable_seed(seed, question_id or target.id, total, fraction, gap))
+    rng = np.random.default_rng(stable_seed(seed, target.id, total, fraction, gap))
 
     segments: list[Segment] = []
     share_label = False

@@ -14,7 +14,7 @@ product of several settings, written as one config entry and expanded into named
 
 Audio transforms (:func:`pad_to_duration`) run on the full 16 kHz clip before the official
 pad-to-1 s / truncate-to-30 s step, so a 30 s target fills Whisper's whole window. Long-audio
-variants place the clip among distractor clips of other questions; the dataset, which holds the
+variants place the clip among other clips of the benchmark; the dataset, which holds the
 benchmark's clips, builds them with :func:`salmonn_pl.data.long_audio.build_long_audio`.
 """
 
@@ -135,11 +135,12 @@ class Variant:
 
     ``pad_seconds=None`` keeps the clip as released; ``pad_fill``, ``pad_position`` and ``noise_dbfs``
     then have no effect. ``long_audio_seconds`` instead makes a recording of that length in which the
-    clip sits, unaltered, at ``long_audio_position`` among clips of other questions drawn from
-    ``long_audio_distractors`` (seeded by the question id; named e.g. ``long60s-middle``); padding
-    and long audio exclude each other. ``ablation`` names the encoder output the model zeroes for this variant
-    (``zero_beats``, ``zero_whisper``, ``zero_audio`` for every audio token, or ``no_audio`` for a
-    text-only prompt without audio tokens).
+    clip sits, unaltered, at ``long_audio_position`` among other clips of the benchmark drawn from
+    ``long_audio_distractors`` (named e.g. ``long60s-middle``); padding and long audio exclude each
+    other. Padding noise and distractors are seeded by the clip, so the single- and multi-hop
+    questions of a clip hear the same recording. ``ablation`` names the encoder output the model
+    zeroes for this variant (``zero_beats``, ``zero_whisper``, ``zero_audio`` for every audio token,
+    or ``no_audio`` for a text-only prompt without audio tokens).
     ``prompt_template`` replaces the data module's template for this variant (``None`` keeps it).
     """
 
@@ -201,7 +202,25 @@ class Variant:
         """The variant's settings as JSON-serialisable fields (name included)."""
         return asdict(self)
 
-    def apply_audio(self, wav: np.ndarray, question_id: str) -> PaddedAudio:
+    def audio_key(self, clip_id: str) -> str:
+        """A name for the waveform this variant makes of the clip ``clip_id``: equal keys, equal samples.
+
+        The key holds the clip and, exactly, the settings that change its samples (padding, long
+        audio), not the variant's name, question, prompt or ablation: every question and variant
+        that hears the same audio gets the same key (``meta["audio_key"]``), so its features can be
+        computed once.
+        """
+        if self.pad_seconds is not None:
+            noise = f",{float(self.noise_dbfs)!r}dBFS" if self.pad_fill == "noise" else ""
+            return f"{clip_id}|pad{float(self.pad_seconds)!r}s,{self.pad_fill}{noise},{self.pad_position}"
+        if self.long_audio_seconds is not None:
+            where = f"{self.long_audio_position!r},{self.long_audio_distractors}"
+            return f"{clip_id}|long{float(self.long_audio_seconds)!r}s,{where}"
+        return clip_id
+
+    def apply_audio(self, wav: np.ndarray, clip_id: str) -> PaddedAudio:
+        """The padded clip; noise is seeded by ``clip_id`` (e.g. ``Animal/cat2.wav``), so every
+        question about the clip hears the same noise."""
         if self.long_audio_seconds is not None:
             raise ValueError(
                 f"Variant {self.name!r}: long audio needs distractor clips from other questions; "
@@ -215,7 +234,7 @@ class Variant:
             fill=self.pad_fill,
             position=self.pad_position,
             noise_dbfs=self.noise_dbfs,
-            seed=stable_seed(question_id),
+            seed=stable_seed(clip_id),
         )
 
     def apply_question(self, question: str) -> str:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salmonn_pl.model.fbank import kaldi_fbank_batch
+from salmonn_pl.model.fbank import kaldi_fbank_batch, num_fbank_frames
 
 logger = logging.getLogger(__name__)
 
@@ -414,6 +414,14 @@ class BEATs(nn.Module):
     def tokens_per_time_patch(self) -> int:
         return NUM_MEL_BINS // self.patch_size
 
+    def output_lengths(self, wav_lengths: Tensor) -> Tensor:
+        """Tokens :meth:`extract_features_per_clip` gives clips of ``wav_lengths`` samples: one per
+        frequency patch of every whole ``patch_size``-frame time patch of the clip's fbank (1496 for 30 s).
+
+        Lets a caller that skips the encoder (an ablation that zeroes its output) know the shape.
+        """
+        return (num_fbank_frames(wav_lengths) // self.patch_size) * self.tokens_per_time_patch
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> BEATs:
         """Load an official ``{'cfg': ..., 'model': ...}`` BEATs checkpoint; returned in eval mode."""
@@ -520,8 +528,8 @@ class BEATs(nn.Module):
             raise ValueError(
                 f"source must be [B, N] with lengths [B], got {tuple(source.shape)} and {tuple(lengths.shape)}"
             )
-        fbank, num_frames = kaldi_fbank_batch(source * INT16_SCALE, lengths, num_mel_bins=NUM_MEL_BINS)
+        fbank, _ = kaldi_fbank_batch(source * INT16_SCALE, lengths, num_mel_bins=NUM_MEL_BINS)
         tokens = self._patch_tokens(self._normalise(fbank))
-        num_tokens = (num_frames // self.patch_size) * self.tokens_per_time_patch
+        num_tokens = self.output_lengths(lengths.to(tokens.device).clamp(max=source.size(1)))
         token_padding_mask = torch.arange(tokens.size(1), device=tokens.device) >= num_tokens.unsqueeze(1)
         return self._encode(tokens, token_padding_mask), token_padding_mask
