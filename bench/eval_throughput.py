@@ -2,15 +2,25 @@
 
 Every measured run is one real ``salmonn-pl test`` (:func:`salmonn_pl.cli.build_cli`: the same
 module, data module, judge and prediction store as the command line) of the tiny SALMONN
-(``assets/tiny-salmonn``) over the sakura-mini clips, repeated as identically named copies
-(variants ``copy1``, ``copy2``, ...) up to a few hundred questions. The runs differ only in how
-questions are batched:
+(``assets/tiny-salmonn``) over the sakura-mini clips under the conditions of a study recipe
+(a *workload*), a few hundred questions each:
+
+* ``padding``: every question as released and padded to 15 s with noise, clip in the middle (two
+  conditions of ``configs/padding_sweep.yaml``): 384 questions, each distinct waveform asked twice
+  (the clip's single-hop and multi-hop questions);
+* ``ablation``: the six conditions of ``configs/ablation_sweep.yaml`` (read from it): 1152 questions,
+  each clip asked 12 times (2 hops x 6 conditions), the audio encoders needed by 3 of the 6.
+
+The runs of a workload differ only in how questions are batched:
 
 * **per-sample loop**: what the official inference does, one question at a time: batch 1, right
   padding (``padding_side="right"``), beam search with 4 beams;
 * **batched**: batch 1, 4, 16, 32 with left padding and the same beam search, so that each row
   decodes exactly what it would decode alone (answers are compared with the per-sample loop's);
 * optionally greedy decoding (1 beam) at some batch sizes, reported apart, never in a ratio.
+
+A batch encodes each distinct waveform once and runs only the encoders its rows' ablations keep
+(``SalmonnModule.encode``); the per-sample loop, one question per batch, cannot share anything.
 
 A run's figure is its test loop, from the first batch to the last answer stored: reading and
 collating audio, encoders, generation, judging and storing. Loading the model and writing the
@@ -42,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from jsonargparse import CLI
 from lightning.pytorch import Callback
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
@@ -70,6 +81,7 @@ from salmonn_pl.model.tiny import tiny_qformer_settings, write_tiny_salmonn  # n
 from salmonn_pl.model.window_qformer import WindowQFormer  # noqa: E402
 
 DEFAULT_ROOT = SHARED / "sakura-mini"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 OFFICIAL_BEAMS = 4
 TARGET_SPEEDUP = 10.0
 TARGET_BATCH_SIZE = 16
@@ -88,42 +100,44 @@ AUDIO_STAGES = (
 # What each stage is made of and what would make it cheaper, quoted for the stages that dominate.
 REMEDIES = {
     "Whisper encoder": (
-        "compute-bound and per clip: attention over the fixed 1500 frames of a 30 s window for every clip, however "
-        "short (`WhisperEncoder.forward`, called by `Salmonn.encode_audio` in src/salmonn_pl/model/salmonn.py). "
-        "Batching cannot divide it; torch threads or a GPU can. The tiny model's LLM (2 layers, 64 wide) costs less "
-        "than its Whisper over 1500 frames, unlike the 7B model's (see `## gpu`)."
+        "compute-bound: attention over the fixed 1500 frames of a 30 s window, however short the clip "
+        "(`WhisperEncoder.forward`, called by `Salmonn.encode_audio_shared` in src/salmonn_pl/model/salmonn.py), once "
+        "per distinct waveform of a batch. A clip whose questions straddle two batches is encoded in both. The tiny "
+        "model's LLM (2 layers, 64 wide) costs less than its Whisper over 1500 frames, unlike the 7B model's "
+        "(see `## gpu`); torch threads or a GPU divide it, batching does not."
     ),
     "BEATs fbank": (
-        "`kaldi_fbank_batch` (src/salmonn_pl/model/fbank.py) works in float64 on every row up to the longest clip "
-        "of the batch (short clips pay for the longest one) and squares the spectrum through complex "
-        "`abs().pow(2)`; `torch.view_as_real(spectrum).square().sum(-1)` and batches of similar durations "
-        "(questions ordered by clip length in `SakuraDataModule`) cut it."
+        "`kaldi_fbank_batch` (src/salmonn_pl/model/fbank.py) works in float64, as the official fbank does, on every "
+        "row up to the longest clip of the batch."
     ),
     "BEATs encoder": (
-        "`BEATs.extract_features_per_clip` (src/salmonn_pl/model/beats.py) pads every clip's patch tokens to the "
-        "longest clip of the batch; batches of similar durations cut the padding."
+        "`BEATs.extract_features_per_clip` (src/salmonn_pl/model/beats.py): each layer's gated relative position "
+        "bias is materialised as a `[clips, heads, tokens, tokens]` float tensor (the `aten::mul` and `aten::add` "
+        "of the operator table) and passed to SDPA as its mask; that memory traffic grows with the square of the "
+        "clip's length and is the same per clip at any batch size."
     ),
     "LLM decode steps": (
-        "`CachedLM.step` (src/salmonn_pl/generation/decode.py) keeps a `DynamicCache`: every step `torch.cat`s the "
-        "whole KV cache to append one position and beam search's `CachedLM.reorder` `index_select`s all of it "
-        "again (`aten::cat`, `aten::index_select` among the operators above): copies that grow with rows x context. "
-        "A cache allocated once and written in place (transformers `StaticCache`) removes the first."
+        "`llama_decode_step` (src/salmonn_pl/generation/prefix_kv_cache.py): one step of every beam; the prompt's "
+        "KV is held once per question and only the generated part moves on a beam reorder. At the tiny model's "
+        "width a step is ~40 small kernels per layer (`aten::bmm`, `aten::mm`, elementwise rotary/RMSNorm/SiLU), "
+        "so its cost is per-kernel overhead that a larger batch spreads further."
     ),
     "beam search / decode loop (rest)": (
-        "`_beam_search` (src/salmonn_pl/generation/decode.py) picks the next beams in a Python loop over items and "
-        "candidates with one `.item()` per value and per-element tensor writes; one `.tolist()` of the candidate "
-        "tensors per step and the next beams built as lists remove most of it (and, on a GPU, a device sync per "
-        "`.item()`)."
+        "`_beam_search` (src/salmonn_pl/generation/decode.py): choosing the next beams of every item in Python from "
+        "one `.tolist()` of the candidates per step, plus the logits processors and `topk`."
     ),
     "prediction store (jsonl + fsync)": (
         "`PredictionStore.append` (src/salmonn_pl/eval/predictions.py) fsyncs once per batch: once per question "
         "in the per-sample loop."
     ),
     "Whisper log-mel (collator)": (
-        "`whisper_log_mel` (src/salmonn_pl/data/features.py) in the collator, see `## features`; DataLoader "
-        "workers move it off the main process."
+        "`whisper_log_mel` (src/salmonn_pl/data/features.py) in the collator, once per distinct waveform of a "
+        "batch, see `## features`; DataLoader workers move it off the main process."
     ),
-    "Q-Former + projection": "`WindowQFormer.forward` (src/salmonn_pl/model/window_qformer.py): 88 windows per clip.",
+    "Q-Former + projection": (
+        "`WindowQFormer.forward` (src/salmonn_pl/model/window_qformer.py): 88 windows per clip, once per distinct "
+        "(waveform, ablation) of a batch."
+    ),
     "LLM prefill": "`CachedLM.prefill` (src/salmonn_pl/generation/decode.py): prompt and 88 audio tokens per question.",
     UNTIMED: "Lightning's test loop around the batches.",
 }
@@ -152,6 +166,7 @@ def stage_targets() -> list[tuple[str, Any, str]]:
         ("Whisper encoder", WhisperEncoder, "forward"),
         ("Q-Former + projection", WindowQFormer, "forward"),
         ("encode (rest)", Salmonn, "encode_audio"),
+        ("encode (rest)", Salmonn, "encode_audio_shared"),
         ("prompt assembly + embedding", Salmonn, "assemble"),
         ("LLM prefill", CachedLM, "prefill"),
         ("LLM decode steps", CachedLM, "step"),
@@ -227,6 +242,39 @@ class LoopClock(Callback):
 
 
 @dataclass(frozen=True)
+class Workload:
+    """The study conditions every sakura-mini question is asked under: ``SakuraDataModule`` variants."""
+
+    name: str
+    description: str
+    variants: tuple[dict[str, Any], ...]
+
+
+def ablation_sweep_variants() -> tuple[dict[str, Any], ...]:
+    """The conditions of ``configs/ablation_sweep.yaml``, as its YAML lists them."""
+    config = yaml.safe_load((CONFIGS / "ablation_sweep.yaml").read_text())
+    return tuple(config["data"]["init_args"]["variants"])
+
+
+def workloads() -> dict[str, Workload]:
+    return {
+        "padding": Workload(
+            "padding",
+            "every question as released and padded to 15 s with noise, clip in the middle (two conditions of "
+            "configs/padding_sweep.yaml); a waveform is shared by a clip's two questions",
+            ({}, {"pad_seconds": 15.0, "pad_fill": "noise", "pad_position": "middle"}),
+        ),
+        "ablation": Workload(
+            "ablation",
+            "the six conditions of configs/ablation_sweep.yaml (original, zero_beats, zero_whisper, zero_audio, "
+            "no_audio, no_options); a clip is asked 12 times, and 3 of the 6 conditions need both encoders",
+            ablation_sweep_variants(),
+        ),
+    }
+
+
+
+@dataclass(frozen=True)
 class RunSpec:
     """How one ``salmonn-pl test`` run batches and decodes."""
 
@@ -267,7 +315,13 @@ class RunResult:
 
 
 def cli_config(
-    spec: RunSpec, model_dir: Path, root: Path, copies: int, limit: int | None, max_new_tokens: int, output_dir: Path
+    spec: RunSpec,
+    model_dir: Path,
+    root: Path,
+    variants: list[dict[str, Any]],
+    limit: int | None,
+    max_new_tokens: int,
+    output_dir: Path,
 ) -> dict[str, Any]:
     """The ``salmonn-pl test`` configuration of one run, as its YAML would hold it."""
     qformer = tiny_qformer_settings()
@@ -303,7 +357,7 @@ def cli_config(
             "init_args": {
                 "root": str(root),
                 "limit": limit,
-                "variants": [{"name": f"copy{i + 1}"} for i in range(copies)],
+                "variants": variants,
                 "batch_size": spec.batch_size,
                 "num_workers": 0,
             },
@@ -312,7 +366,13 @@ def cli_config(
 
 
 def run_test(
-    spec: RunSpec, model_dir: Path, root: Path, copies: int, limit: int | None, max_new_tokens: int, work_dir: Path
+    spec: RunSpec,
+    model_dir: Path,
+    root: Path,
+    variants: list[dict[str, Any]],
+    limit: int | None,
+    max_new_tokens: int,
+    work_dir: Path,
 ) -> RunResult:
     """One ``salmonn-pl test`` run into a fresh output directory (an existing one would resume)."""
     output_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir))
@@ -321,7 +381,7 @@ def run_test(
     with clock.patched(stage_targets()), warnings.catch_warnings():
         # The benchmark's own command-line arguments are not meant for the CLI it builds.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = build_cli(cli_config(spec, model_dir, root, copies, limit, max_new_tokens, output_dir), run=False)
+        cli = build_cli(cli_config(spec, model_dir, root, variants, limit, max_new_tokens, output_dir), run=False)
         cli.trainer.callbacks.append(loop)
         cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)
     total = time.perf_counter() - start
@@ -356,11 +416,17 @@ class OpProfile:
 
 
 def profile_ops(
-    spec: RunSpec, model_dir: Path, root: Path, limit: int, max_new_tokens: int, work_dir: Path
+    spec: RunSpec,
+    model_dir: Path,
+    root: Path,
+    variants: list[dict[str, Any]],
+    limit: int,
+    max_new_tokens: int,
+    work_dir: Path,
 ) -> OpProfile:
     """Operator-level profile of one run (the profiler slows it down: shares matter, not seconds)."""
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
-        result = run_test(spec, model_dir, root, 1, limit, max_new_tokens, work_dir)
+        result = run_test(spec, model_dir, root, variants, limit, max_new_tokens, work_dir)
     events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     ops = [(e.key, e.self_cpu_time_total / 1e6, e.count) for e in events[:PROFILE_TOP_OPS]]
@@ -368,10 +434,10 @@ def profile_ops(
 
 
 @dataclass
-class ThroughputReport:
+class WorkloadReport:
+    workload: Workload
     runs: dict[RunSpec, list[RunResult]]  # every repeat of every run
     op_profile: OpProfile | None = None
-    markdown: str = ""
 
     def best(self, spec: RunSpec) -> RunResult:
         return min(self.runs[spec], key=lambda r: r.loop_seconds)
@@ -389,10 +455,16 @@ class ThroughputReport:
         return sum(responses.get(key) == text for key, text in reference.items()) / max(1, len(reference))
 
 
+@dataclass
+class ThroughputReport:
+    workloads: dict[str, WorkloadReport]
+    markdown: str = ""
+
+
 def main(
     root: Path = DEFAULT_ROOT,
     model_dir: Path | None = None,
-    copies: int = 2,
+    workload: list[str] = ["padding", "ablation"],
     limit: int | None = None,
     batch_sizes: list[int] = [1, 4, 16, 32],
     greedy_batch_sizes: list[int] = [16],
@@ -409,7 +481,8 @@ def main(
         root: SAKURA-layout benchmark root (all four tracks, both hops).
         model_dir: a tiny SALMONN written by ``salmonn_pl.model.tiny.write_tiny_salmonn`` with its default
             sizes; by default one is written (seed 0) for this run, so every run loads the same weights.
-        copies: every question is asked this many times (variants ``copy1``, ``copy2``, ...).
+        workload: the study conditions to measure, each on its own (``padding``, ``ablation``; see the
+            module docstring).
         limit: at most this many questions per track and hop (default: all).
         batch_sizes: batch sizes of the batched runs (left padding, 4 beams).
         greedy_batch_sizes: batch sizes also run with greedy decoding (reported apart).
@@ -417,14 +490,16 @@ def main(
         threads: torch threads of the process (the data is read in the same process).
         warmup: run every configuration once on 8 questions before measuring.
         repeats: measured runs per configuration, in turns; a figure is the fastest run's.
-        op_profile: also profile the operators of one batched run (batch 16 when measured, else
-            the largest batch) on 32 questions, untimed.
+        op_profile: also profile the operators of one batched run of the first workload (batch 16 when
+            measured, else the largest batch) on 32 questions per condition, untimed.
         results: ``bench/RESULTS.md`` to update (its ``## eval_throughput`` section).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    if copies < 1:
-        raise ValueError(f"copies must be at least 1, got {copies}")
+    known = workloads()
+    unknown = [name for name in workload if name not in known]
+    if unknown or not workload:
+        raise ValueError(f"workload must name one or more of {sorted(known)}, got {workload}")
     paths = [root] if model_dir is None else [root, model_dir / "llama", model_dir / "whisper", model_dir / "beats.pt"]
     for path in paths:
         if not path.exists():
@@ -434,27 +509,33 @@ def main(
     specs = [PER_SAMPLE_LOOP]
     specs += [RunSpec(b, "left", OFFICIAL_BEAMS) for b in batch_sizes]
     specs += [RunSpec(b, "left", 1) for b in greedy_batch_sizes]
-    runs: dict[RunSpec, list[RunResult]] = {spec: [] for spec in specs}
+    reports: dict[str, WorkloadReport] = {}
     with tempfile.TemporaryDirectory(prefix="eval-throughput-") as work:
         work_dir = Path(work)
         if model_dir is None:
             model_dir = work_dir / "tiny-salmonn"
             write_tiny_salmonn(model_dir, seed=0)
-        if warmup:
-            for spec in specs:
-                run_test(spec, model_dir, root, 1, 1, max_new_tokens, work_dir)
-        for _ in range(repeats):  # in turns, so that a change in machine load hits every run alike
-            for spec in specs:
-                result = run_test(spec, model_dir, root, copies, limit, max_new_tokens, work_dir)
-                runs[spec].append(result)
-                print(f"{spec.name}: {result.questions} questions in {result.loop_seconds:.1f} s", file=sys.stderr)
-        profiled = None
-        if op_profile and batch_sizes:
-            size = TARGET_BATCH_SIZE if TARGET_BATCH_SIZE in batch_sizes else max(batch_sizes)
-            profile_limit = PROFILE_LIMIT if limit is None else min(limit, PROFILE_LIMIT)
-            profiled = profile_ops(RunSpec(size, "left", OFFICIAL_BEAMS), model_dir, root, profile_limit,
-                                   max_new_tokens, work_dir)
-    report = ThroughputReport(runs, profiled)
+        for name in workload:
+            load = known[name]
+            variants = [dict(v) for v in load.variants]
+            if warmup:
+                for spec in specs:
+                    run_test(spec, model_dir, root, variants, 1, max_new_tokens, work_dir)
+            runs: dict[RunSpec, list[RunResult]] = {spec: [] for spec in specs}
+            for _ in range(repeats):  # in turns, so that a change in machine load hits every run alike
+                for spec in specs:
+                    result = run_test(spec, model_dir, root, variants, limit, max_new_tokens, work_dir)
+                    runs[spec].append(result)
+                    print(f"{name} / {spec.name}: {result.questions} questions in {result.loop_seconds:.1f} s",
+                          file=sys.stderr)
+            profiled = None
+            if op_profile and batch_sizes and not reports:
+                size = TARGET_BATCH_SIZE if TARGET_BATCH_SIZE in batch_sizes else max(batch_sizes)
+                profile_limit = PROFILE_LIMIT if limit is None else min(limit, PROFILE_LIMIT)
+                profiled = profile_ops(RunSpec(size, "left", OFFICIAL_BEAMS), model_dir, root, variants,
+                                       profile_limit, max_new_tokens, work_dir)
+            reports[name] = WorkloadReport(load, runs, profiled)
+    report = ThroughputReport(reports)
     report.markdown = render(report, model, threads, max_new_tokens)
     print(report.markdown)
     if results is not None:
@@ -463,27 +544,36 @@ def main(
 
 
 def render(report: ThroughputReport, model: str, threads: int, max_new_tokens: int) -> str:
-    specs = list(report.runs)
-    reference = report.best(PER_SAMPLE_LOOP)
+    first = next(iter(report.workloads.values()))
     lines = [
         machine_header(),
-        f"- sizes: {reference.questions} questions per run (sakura-mini, every question asked "
-        f"{len({variant for _, variant in reference.responses})} times), answers up to {max_new_tokens} "
-        f"tokens, {model} in fp32, {threads} torch thread(s), DataLoader in the main process, rule judge, no "
-        f"logger or progress bar; best of "
-        f"{len(report.runs[PER_SAMPLE_LOOP])} runs per configuration, taken in turns",
+        f"- sizes: answers up to {max_new_tokens} tokens, {model} in fp32, {threads} torch thread(s), DataLoader "
+        f"in the main process, rule judge, no logger or progress bar; best of "
+        f"{len(first.runs[PER_SAMPLE_LOOP])} runs per configuration, taken in turns",
         "- per-sample loop = the official inference: batch 1, right padding, 4 beams; batched runs: left "
         "padding, 4 beams (greedy rows are not compared)",
-        "",
-        "### Questions per second",
-        "",
-        "Loop = first batch to last stored answer. Setup (parse, load the model) and finish (metrics, "
+        "- loop = first batch to last stored answer. Setup (parse, load the model) and finish (metrics, "
         "report) are fixed costs per run, not in the loop.",
+        "",
+    ]
+    for load in report.workloads.values():
+        lines += render_workload(load)
+    lines += ["### Targets", "", *targets(report)]
+    return "\n".join(lines)
+
+
+def render_workload(load: WorkloadReport) -> list[str]:
+    specs = list(load.runs)
+    reference = load.best(PER_SAMPLE_LOOP)
+    lines = [
+        f"### Workload `{load.workload.name}`: {reference.questions} questions",
+        "",
+        f"sakura-mini, {load.workload.description}.",
         "",
     ]
     rows = []
     for spec in specs:
-        best, timing = report.best(spec), report.timing(spec)
+        best, timing = load.best(spec), load.timing(spec)
         rows.append([
             spec.name,
             spec.batch_size,
@@ -492,8 +582,8 @@ def render(report: ThroughputReport, model: str, threads: int, max_new_tokens: i
             timing.best,
             timing.median,
             best.questions_per_s,
-            f"x{report.speedup(spec):.2f}" if spec.num_beams == OFFICIAL_BEAMS else "-",
-            f"{report.agreement(spec):.0%}" if spec.num_beams == OFFICIAL_BEAMS else "-",
+            f"x{load.speedup(spec):.2f}" if spec.num_beams == OFFICIAL_BEAMS else "-",
+            f"{load.agreement(spec):.0%}" if spec.num_beams == OFFICIAL_BEAMS else "-",
             best.decode_steps / max(1, best.batches),
             best.setup_seconds,
             best.finish_seconds,
@@ -501,54 +591,60 @@ def render(report: ThroughputReport, model: str, threads: int, max_new_tokens: i
     headers = ["run", "batch", "padding", "beams", "loop best s", "loop median s", "questions/s",
                "vs per-sample", "same answers", "decode steps/batch", "setup s", "finish s"]
     lines += [markdown_table(headers, rows), ""]
-
-    lines += [
-        "### Where the time goes (ms per question, exclusive times of the fastest run)",
-        "",
-    ]
+    lines += [f"Where the time goes in `{load.workload.name}` (ms per question, exclusive times of the fastest run):", ""]
     stage_rows = []
     for stage in stage_names():
         cells: list[object] = [stage]
         for spec in specs:
-            best = report.best(spec)
+            best = load.best(spec)
             cells.append(1000 * best.stage_seconds[stage] / best.questions)
         stage_rows.append(cells)
-    stage_rows.append(["**total (loop)**", *[1000 * report.best(s).loop_seconds / report.best(s).questions for s in specs]])
+    stage_rows.append(["**total (loop)**", *[1000 * load.best(s).loop_seconds / load.best(s).questions for s in specs]])
     lines += [markdown_table(["stage", *[s.name for s in specs]], stage_rows), ""]
-    if report.op_profile is not None:
-        profile = report.op_profile
+    if load.op_profile is not None:
+        profile = load.op_profile
         lines += [
-            f"### Operators of the {profile.spec.name} run (torch.profiler, {profile.questions} questions, untimed)",
+            f"Operators of the {profile.spec.name} run of `{load.workload.name}` (torch.profiler, "
+            f"{profile.questions} questions, untimed):",
             "",
         ]
         op_rows = [[f"`{name}`", 1000 * seconds / profile.questions, calls, f"{seconds / profile.total_seconds:.0%}"]
                    for name, seconds, calls in profile.ops]
         lines += [markdown_table(["operator", "self CPU ms per question", "calls", "share of all operators"], op_rows), ""]
-    lines += ["### Target", "", *targets(report)]
-    return "\n".join(lines)
+    return lines
 
 
 def targets(report: ThroughputReport) -> list[str]:
     target = RunSpec(TARGET_BATCH_SIZE, "left", OFFICIAL_BEAMS)
-    if target not in report.runs:
-        return [f"- batched >= {TARGET_SPEEDUP:g}x the per-sample loop at batch {TARGET_BATCH_SIZE}: not measured"]
-    speedup = report.speedup(target)
-    verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
-    reference, batched = report.best(PER_SAMPLE_LOOP), report.best(target)
-    per_question = 1000 * reference.loop_seconds / reference.questions
-    audio = 1000 * sum(batched.stage_seconds[s] for s in AUDIO_STAGES) / batched.questions
-    return [
-        f"- batched >= {TARGET_SPEEDUP:g}x the per-sample loop at batch {TARGET_BATCH_SIZE}: x{speedup:.2f}, {verdict}",
-        "",
-        "### Closing note",
-        "",
-        f"- bound from the audio stages (read, features, BEATs, Whisper, Q-Former: one clip's work each, whatever "
-        f"the batch): {audio:.1f} ms per question at batch {TARGET_BATCH_SIZE} against {per_question:.1f} ms per "
-        f"question in the per-sample loop, so even free generation could not exceed x{per_question / audio:.1f}",
-        "",
-        f"Where batch {TARGET_BATCH_SIZE} spends its time (the largest stages, ms per question, share of its loop):",
-        "",
-    ] + dominant_stages(batched)
+    lines = []
+    for load in report.workloads.values():
+        name = load.workload.name
+        if target not in load.runs:
+            lines.append(f"- `{name}`: batched >= {TARGET_SPEEDUP:g}x the per-sample loop at batch {TARGET_BATCH_SIZE}: "
+                         "not measured")
+            continue
+        speedup = load.speedup(target)
+        verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
+        lines.append(f"- `{name}`: batched >= {TARGET_SPEEDUP:g}x the per-sample loop at batch {TARGET_BATCH_SIZE}: "
+                     f"x{speedup:.2f}, {verdict}")
+    for load in report.workloads.values():
+        if target not in load.runs:
+            continue
+        reference, batched = load.best(PER_SAMPLE_LOOP), load.best(target)
+        per_question = 1000 * reference.loop_seconds / reference.questions
+        audio = 1000 * sum(batched.stage_seconds[s] for s in AUDIO_STAGES) / batched.questions
+        lines += [
+            "",
+            f"### Closing note: `{load.workload.name}`",
+            "",
+            f"- bound from the audio stages (read, features, BEATs, Whisper, Q-Former): {audio:.1f} ms per question "
+            f"at batch {TARGET_BATCH_SIZE} against {per_question:.1f} ms per question in the per-sample loop, so "
+            f"even free generation could not exceed x{per_question / audio:.1f}",
+            "",
+            f"Where batch {TARGET_BATCH_SIZE} spends its time (the largest stages, ms per question, share of its loop):",
+            "",
+        ] + dominant_stages(batched)
+    return lines
 
 
 def dominant_stages(run: RunResult) -> list[str]:

@@ -275,7 +275,14 @@ class BEATsAttention(nn.Module):
             key_padding_mask = key_padding_mask & ~key_padding_mask.all(dim=-1, keepdim=True)
             padding_bias = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device)
             padding_bias = padding_bias.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
-            attn_bias = padding_bias if attn_bias is None else attn_bias + padding_bias
+            if attn_bias is None:
+                attn_bias = padding_bias
+            elif self.gru_rel_pos:
+                # The gated bias is this call's own [B, heads, T, T] tensor: add in place rather than
+                # allocate a second one of that size (the largest tensor of the encoder).
+                attn_bias.add_(padding_bias)
+            else:
+                attn_bias = attn_bias + padding_bias
 
         out = F.scaled_dot_product_attention(
             q,
