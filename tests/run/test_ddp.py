@@ -27,4 +27,8 @@ def test_two_processes_give_the_metrics_of_one(tiny_files, tmp_path):
     assert len(keys) == len(set(keys)) == QUESTIONS
     assert {(r["id"], r["variant"]): r for r in lines} == {(r["id"], r["variant"]): r for r in prediction_lines(one)}
     assert not list(two.glob("predictions.rank*.jsonl")), "rank shards were not merged"
+    # Each rank answered one contiguous block of the questions (ContiguousDistributedSampler keeps a
+    # clip's questions on one rank), so rank 0's shard followed by rank 1's is the one-process order;
+    # Lightning's default sampler would have dealt them out in turn (0, 2, 4 | 1, 3).
+    assert keys == [(r["id"], r["variant"]) for r in prediction_lines(one)]
     assert (two / "report.md").read_text() == (one / "report.md").read_text()

@@ -38,7 +38,8 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from salmonn_pl.data.audio import SAMPLE_RATE, ChannelPolicy
 from salmonn_pl.data.collate import Example, SpeechCollator
@@ -193,6 +194,26 @@ def clip_by_clip(questions: list[SakuraQuestion]) -> list[SakuraQuestion]:
     return sorted(questions, key=lambda question: first_seen[sakura_clip_id(question)])
 
 
+class ContiguousDistributedSampler(DistributedSampler):
+    """Each DDP rank evaluates one contiguous block of the examples.
+
+    Lightning's default ``DistributedSampler`` deals examples out in turn (rank 0 gets 0, 2, 4, ...),
+    which would send a clip's adjacent questions to different ranks, each encoding the clip again.
+    Blocks keep them together. The ranks are padded to equal length by repeating the first
+    examples, as ``DistributedSampler`` does; the evaluator counts a repeated question once.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self):
+        indices = list(range(len(self.dataset)))
+        missing = self.total_size - len(indices)
+        indices += (indices * (missing // max(1, len(indices)) + 1))[:missing]
+        start = self.rank * self.num_samples
+        return iter(indices[start : start + self.num_samples])
+
+
 class SakuraDataModule(L.LightningDataModule):
     """The SAKURA benchmark (release layout or local Hugging Face copy) under the selected variants.
 
@@ -310,10 +331,14 @@ class SakuraDataModule(L.LightningDataModule):
     def _loader(self) -> DataLoader:
         if self.dataset is None:
             self.setup()
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        # Lightning keeps a DistributedSampler it is given instead of interleaving the examples.
+        sampler = ContiguousDistributedSampler(self.dataset) if distributed else None
         return DataLoader(
             self.dataset,
             batch_size=self.batch_size,
             shuffle=False,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=self.collator,
             persistent_workers=self.num_workers > 0,
