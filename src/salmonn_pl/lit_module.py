@@ -25,7 +25,7 @@ from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_op
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
-from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
 from salmonn_pl.training.objectives import Objectives, kl_to_uniform, lm_loss, margin_penalty, text_only_accuracy
 from salmonn_pl.training.option_prior import text_only_option_logprobs
@@ -101,6 +101,7 @@ class SalmonnModule(L.LightningModule):
         self.optim = optim or OptimSettings()
         self.dropout_seed = dropout_seed
         self.salmonn: Salmonn | None = None
+        self.carried_audio = CarriedAudioTokens()  # the previous evaluation batch's audio tokens
         # Lightning checkpoints hold only the trainable weights (see on_save_checkpoint).
         self.strict_loading = False
 
@@ -111,6 +112,12 @@ class SalmonnModule(L.LightningModule):
                 set_lora_scale(self.salmonn.llm, self.lora_scale)
 
     # -- shared ------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> SalmonnModule:
+        """Leaving or entering evaluation forgets the carried audio tokens: training changes the
+        weights that made them."""
+        self.carried_audio = CarriedAudioTokens()
+        return super().train(mode)
+
     def row_ablations(self, batch: dict, ablation: Ablation | None = None) -> list[str]:
         """Each row's ablation: the variant's own (``meta["ablation"]``), else the run's."""
         default = ablation or self.ablation
@@ -122,16 +129,18 @@ class SalmonnModule(L.LightningModule):
         among others), or ``None`` when every row is text-only.
 
         Evaluating, every distinct audio of the batch (``meta["audio_key"]``) is encoded once, by the
-        encoders its rows' ablations keep (:meth:`Salmonn.encode_audio_shared`); the tokens are those
-        of encoding row by row. Training encodes row by row, so that every row draws its own
-        Q-Former dropout.
+        encoders its rows' ablations keep (:meth:`Salmonn.encode_audio_shared`), and an audio already
+        encoded for the previous batch (a clip whose questions straddle the two) is not encoded again;
+        the tokens are those of encoding row by row. Training encodes row by row, so that every row
+        draws its own Q-Former dropout.
         """
         ablations = self.row_ablations(batch, ablation)
         audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
         if self.training:
             return self.salmonn.encode_audio_per_ablation(*audio, ablations)
         metas = batch.get("meta") or [{}] * len(ablations)
-        return self.salmonn.encode_audio_shared(*audio, ablations, [meta.get("audio_key") for meta in metas])
+        keys = [meta.get("audio_key") for meta in metas]
+        return self.salmonn.encode_audio_shared(*audio, ablations, keys, carry=self.carried_audio)
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -112,6 +112,15 @@ class AudioWindow:
 
 
 @dataclass
+class CarriedAudioTokens:
+    """The audio tokens of an evaluation run's previous batch, for :meth:`Salmonn.encode_audio_shared`:
+    ``(audio_key, ablation) -> (the audio's samples, its tokens)``. Valid only while the model's
+    weights and settings stay as they were (the evaluation module forgets them when it leaves eval mode)."""
+
+    tokens: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
 class LLMInputs:
     inputs_embeds: torch.Tensor  # [B, L, H]
     attention_mask: torch.Tensor  # [B, L] (1 = real token)
@@ -339,6 +348,7 @@ class Salmonn(nn.Module):
         wav_lengths: torch.Tensor | None,
         ablations: Sequence[Ablation],
         audio_keys: Sequence[str | None],
+        carry: CarriedAudioTokens | None = None,
     ) -> AudioTokens:
         """Audio tokens of every row under its own ablation, each distinct audio encoded once (inference).
 
@@ -356,6 +366,10 @@ class Salmonn(nn.Module):
         ``beats_batching="official"`` makes a clip's BEATs features depend on its batch, and so
         does audio longer than 30 s when ``max_audio_seconds`` is 30 (BEATs then outlasts Whisper):
         such batches are encoded by :meth:`encode_audio_per_ablation`, sharing nothing.
+
+        ``carry`` holds the tokens of the previous call (the previous batch of a run): an audio
+        whose key and samples match is not encoded again, since a clip's questions often straddle
+        two batches. The call then replaces its content with this batch's tokens.
         """
         if not len(ablations) == len(audio_keys) == spectrogram.size(0):
             raise ValueError(
@@ -374,23 +388,39 @@ class Salmonn(nn.Module):
             return self.encode_audio_per_ablation(spectrogram, raw_wav, padding_mask, wav_lengths, ablations)
 
         same_audio = first_row_with_same_audio(audio_keys)
-        _check_shared_rows(same_audio, audio_keys, raw_wav if raw_wav is not None else spectrogram, wav_lengths)
+        signal = raw_wav if raw_wav is not None else spectrogram
+        _check_shared_rows(same_audio, audio_keys, signal, wav_lengths)
         needed: dict[int, dict[str, None]] = {}  # first row of a distinct audio -> its rows' ablations
         for row, name in enumerate(ablations):
             if name != "no_audio":
                 needed.setdefault(same_audio[row], {})[name] = None
         windows = {audio: self._audio_windows(audio, wav_lengths, chunk_long) for audio in needed}
 
+        samples = {audio: _row_samples(signal, wav_lengths if raw_wav is not None else None, audio) for audio in needed}
+        pairs = [(audio, name) for audio, names in needed.items() for name in names if name in USES_QFORMER]
+        tokens_of: dict[tuple[int, str], torch.Tensor] = {}
+        if carry is not None:
+            for audio, name in pairs:
+                carried = carry.tokens.get((audio_keys[audio], name))
+                if carried is not None and _same_samples(carried[0], samples[audio]):
+                    tokens_of[(audio, name)] = carried[1]
+        todo = [pair for pair in pairs if pair not in tokens_of]
+
         def windows_using(encoder_ablations: frozenset[str]) -> list[AudioWindow]:
-            users = [audio for audio, names in needed.items() if not encoder_ablations.isdisjoint(names)]
+            users = dict.fromkeys(audio for audio, name in todo if name in encoder_ablations)
             return [window for audio in users for window in windows[audio]]
 
-        pairs = [(audio, name) for audio, names in needed.items() for name in names if name in USES_QFORMER]
         with self.autocast():
             speech = self._whisper_states(windows_using(USES_WHISPER), spectrogram, raw_wav)
             beats = self._beats_states(windows_using(USES_BEATS), raw_wav) if has_beats else None
-            tokens = self._qformer_tokens([(name, windows[audio]) for audio, name in pairs], speech, beats)
-        tokens_of = dict(zip(pairs, tokens))
+            tokens = self._qformer_tokens([(name, windows[audio]) for audio, name in todo], speech, beats)
+        tokens_of.update(zip(todo, tokens))
+        if carry is not None:
+            carry.tokens = {
+                (audio_keys[audio], name): (samples[audio], tokens_of[(audio, name)])
+                for audio, name in pairs
+                if audio_keys[audio] is not None
+            }
         per_window = self.connector.tokens_for_frames(self.whisper.config.max_source_positions)
         per_row: list[torch.Tensor | None] = []
         for row, name in enumerate(ablations):
@@ -625,6 +655,15 @@ def _window_wavs(windows: list[AudioWindow], raw_wav: torch.Tensor) -> tuple[tor
     for i, w in enumerate(windows):
         wavs[i, : w.stop - w.start] = raw_wav[w.row, w.start : w.stop]
     return wavs, lengths
+
+
+def _row_samples(signal: torch.Tensor, wav_lengths: torch.Tensor | None, row: int) -> torch.Tensor:
+    """The row's own samples (its waveform up to its length), or its whole spectrogram without waveforms."""
+    return signal[row, : int(wav_lengths[row])] if wav_lengths is not None else signal[row]
+
+
+def _same_samples(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
 
 
 def _check_shared_rows(

@@ -1,0 +1,134 @@
+"""An evaluation run carries the audio tokens of one batch into the next: a clip whose questions
+straddle two batches is encoded once, and each row still gets the tokens of its own encoding."""
+
+import numpy as np
+import torch
+
+from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.lit_module import SalmonnModule
+from salmonn_pl.model.salmonn import CarriedAudioTokens
+
+PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
+ATOL = 1e-6  # differently composed encoder batches may round differently (fp32)
+
+
+class _RowCounter:
+    """Wraps a callable and counts the batch rows of its first tensor argument."""
+
+    def __init__(self, fn):
+        self.fn, self.rows = fn, 0
+
+    def __call__(self, first, *args, **kwargs):
+        self.rows += first.size(0)
+        return self.fn(first, *args, **kwargs)
+
+
+def _counted(monkeypatch, model) -> dict[str, _RowCounter]:
+    counters = {
+        "whisper": _RowCounter(model.whisper.forward),
+        "beats": _RowCounter(model.beats.extract_features_per_clip),
+        "qformer": _RowCounter(model.connector.forward),
+    }
+    monkeypatch.setattr(model.whisper, "forward", counters["whisper"])
+    monkeypatch.setattr(model.beats, "extract_features_per_clip", counters["beats"])
+    monkeypatch.setattr(model.connector, "forward", counters["qformer"])
+    return counters
+
+
+def _clips() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {name: 0.1 * rng.standard_normal(int(seconds * 16000)) for name, seconds in
+            (("clip", 1.5), ("other", 2.0), ("new", 1.2))}
+
+
+def _batch(rows: list[tuple[str, str]], clips: dict[str, np.ndarray]) -> dict:
+    examples = [
+        {"id": f"{key}/{i}", "audio": clips[key], "prompt": PROMPT, "text": "(a) tone",
+         "meta": {"ablation": ablation, "audio_key": key}}
+        for i, (key, ablation) in enumerate(rows)
+    ]
+    return SpeechCollator()(examples)
+
+
+def _encode(model, batch: dict, carry: CarriedAudioTokens | None):
+    """Tokens of the shared path (with ``carry``) and of the row-by-row reference path."""
+    shared = _encode_shared(model, batch, carry)
+    audio = (batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+    with torch.no_grad():
+        reference = model.encode_audio_per_ablation(*audio, [m["ablation"] for m in batch["meta"]])
+    return shared, reference
+
+
+def _encode_shared(model, batch: dict, carry: CarriedAudioTokens | None):
+    ablations = [m["ablation"] for m in batch["meta"]]
+    keys = [m["audio_key"] for m in batch["meta"]]
+    audio = (batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+    with torch.no_grad():
+        return model.encode_audio_shared(*audio, ablations, keys, carry=carry)
+
+
+def _assert_close(shared, reference) -> None:
+    assert len(shared) == len(reference)
+    for got, want in zip(shared, reference):
+        torch.testing.assert_close(got, want, atol=ATOL, rtol=0)
+
+
+def test_a_clip_straddling_two_batches_is_encoded_once(tiny_salmonn, monkeypatch):
+    torch.set_num_threads(1)
+    clips = _clips()
+    first = _batch([("clip", "none"), ("clip", "zero_beats"), ("other", "none")], clips)
+    second = _batch([("clip", "none"), ("clip", "zero_whisper"), ("new", "none")], clips)
+    carry = CarriedAudioTokens()
+    _encode(tiny_salmonn, first, carry)
+    assert set(carry.tokens) == {("clip", "none"), ("clip", "zero_beats"), ("other", "none")}
+
+    counters = _counted(monkeypatch, tiny_salmonn)
+    shared = _encode_shared(tiny_salmonn, second, carry)
+    # ("clip", "none") came from the first batch: Whisper only for "new", BEATs for the clip's
+    # zero_whisper row and "new", the Q-Former for those two (audio, ablation) pairs.
+    assert {name: c.rows for name, c in counters.items()} == {"whisper": 1, "beats": 2, "qformer": 2}
+    reference = _encode(tiny_salmonn, second, None)[1]
+    _assert_close(shared, reference)
+    # The carry now holds this batch's tokens only.
+    assert set(carry.tokens) == {("clip", "none"), ("clip", "zero_whisper"), ("new", "none")}
+
+
+def test_a_key_with_other_samples_is_encoded_again(tiny_salmonn, monkeypatch):
+    clips = _clips()
+    carry = CarriedAudioTokens()
+    _encode(tiny_salmonn, _batch([("clip", "none")], clips), carry)
+    # Same key, other waveform (another benchmark copy, say): the carried tokens must not serve it.
+    changed = dict(clips, clip=clips["clip"] * 0.5)
+    counters = _counted(monkeypatch, tiny_salmonn)
+    shared = _encode_shared(tiny_salmonn, _batch([("clip", "none")], changed), carry)
+    assert counters["whisper"].rows == 1
+    _assert_close(shared, _encode(tiny_salmonn, _batch([("clip", "none")], changed), None)[1])
+    old = _encode(tiny_salmonn, _batch([("clip", "none")], clips), None)[1]
+    assert not torch.allclose(shared[0], old[0])
+
+
+def test_without_a_carry_nothing_is_reused(tiny_salmonn, monkeypatch):
+    clips = _clips()
+    batch = _batch([("clip", "none")], clips)
+    _encode_shared(tiny_salmonn, batch, None)
+    counters = _counted(monkeypatch, tiny_salmonn)
+    _encode_shared(tiny_salmonn, batch, None)
+    assert counters["whisper"].rows == 1
+
+
+def test_the_module_carries_tokens_in_evaluation_and_forgets_them_on_a_mode_switch(tiny_config, tiny_salmonn, monkeypatch):
+    module = SalmonnModule(tiny_config)
+    module.salmonn = tiny_salmonn
+    batch = _batch([("clip", "none"), ("other", "none")], _clips())
+    counters = _counted(monkeypatch, tiny_salmonn)
+    module.eval()
+    with torch.no_grad():
+        module.encode(batch)
+        assert counters["whisper"].rows == 2
+        module.encode(batch)  # the next batch repeats both clips: nothing to encode
+        assert counters["whisper"].rows == 2 and len(module.carried_audio.tokens) == 2
+        module.train()  # training changes the weights the carried tokens came from
+        assert module.carried_audio.tokens == {}
+        module.eval()
+        module.encode(batch)
+    assert counters["whisper"].rows == 4
