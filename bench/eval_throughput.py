@@ -19,8 +19,11 @@ The runs of a workload differ only in how questions are batched:
   decodes exactly what it would decode alone (answers are compared with the per-sample loop's);
 * optionally greedy decoding (1 beam) at some batch sizes, reported apart, never in a ratio.
 
-A batch encodes each distinct waveform once and runs only the encoders its rows' ablations keep
-(``SalmonnModule.encode``); the per-sample loop, one question per batch, cannot share anything.
+A batch encodes each distinct waveform once, runs only the encoders its rows' ablations keep, and
+reuses the previous batch's tokens of a clip whose questions straddle the two
+(``SalmonnModule.encode``). The per-sample loop encodes every question's audio, as the official
+inference does: one question per batch shares nothing, and the carry-over between batches is off
+for it (:func:`official_encoding`).
 
 A run's figure is its test loop, from the first batch to the last answer stored: reading and
 collating audio, encoders, generation, judging and storing. Loading the model and writing the
@@ -220,6 +223,30 @@ class StageClock:
                 setattr(owner, name, original)
 
 
+@contextmanager
+def official_encoding(enabled: bool) -> Iterator[None]:
+    """While enabled, no audio tokens are carried from one batch to the next.
+
+    The official inference encodes every question's audio. At batch 1 nothing can be shared within
+    a batch, but ``salmonn-pl test`` would still carry a clip's tokens to the next question about it;
+    the per-sample loop runs without that, so that it does the official amount of encoder work.
+    """
+    if not enabled:
+        yield
+        return
+    carrying = Salmonn.__dict__["encode_audio_shared"]
+
+    @functools.wraps(carrying)
+    def without_carry(self, *args: Any, carry: Any = None, **kwargs: Any) -> Any:
+        return carrying(self, *args, **kwargs)
+
+    Salmonn.encode_audio_shared = without_carry
+    try:
+        yield
+    finally:
+        Salmonn.encode_audio_shared = carrying
+
+
 class LoopClock(Callback):
     """Start and end of the test loop (callbacks run before the module's own epoch-end hook, which
     writes the report) and the number of batches."""
@@ -307,6 +334,7 @@ class RunResult:
     finish_seconds: float  # metrics, report and result files at the end
     stage_seconds: dict[str, float]
     decode_steps: int
+    stage_calls: dict[str, int]  # calls of each timed stage
     responses: dict[tuple[str, str], str] = field(repr=False)
 
     @property
@@ -378,7 +406,7 @@ def run_test(
     output_dir = Path(tempfile.mkdtemp(prefix="run-", dir=work_dir))
     clock, loop = StageClock(), LoopClock()
     start = time.perf_counter()
-    with clock.patched(stage_targets()), warnings.catch_warnings():
+    with clock.patched(stage_targets()), official_encoding(spec.is_per_sample_loop), warnings.catch_warnings():
         # The benchmark's own command-line arguments are not meant for the CLI it builds.
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         cli = build_cli(cli_config(spec, model_dir, root, variants, limit, max_new_tokens, output_dir), run=False)
@@ -398,6 +426,7 @@ def run_test(
         finish_seconds=total - (loop.end - start),
         stage_seconds=stage_seconds,
         decode_steps=clock.calls.get("LLM decode steps", 0),
+        stage_calls=dict(clock.calls),
         responses={(r["id"], r["variant"]): r["response"] for r in records},
     )
 

@@ -51,6 +51,15 @@ def test_toy_run_times_every_stage_and_batched_runs_answer_like_the_per_sample_l
             silent = [stage for stage, seconds in run.stage_seconds.items() if seconds <= 0 and stage != bench.UNTIMED]
             assert silent == []
 
+        # The per-sample loop encodes every question's audio, as the official inference does: one
+        # Whisper pass per question under a condition that keeps Whisper's output. Batched runs
+        # encode a clip once for all its questions.
+        whisper_questions = 8 * limit * sum(1 for v in load.workload.variants if v.get("ablation", "none") in
+                                             ("none", "zero_beats"))
+        per_sample, batched_run = load.runs[bench.PER_SAMPLE_LOOP][0], load.runs[batched][0]
+        assert per_sample.stage_calls["Whisper encoder"] == whisper_questions
+        assert batched_run.stage_calls["Whisper encoder"] < whisper_questions
+
         # Right padding at batch 1 is the left layout without pads; left-padded batches decode every
         # row as if alone, and shared audio encodings are the row's own: the same beam-search answers
         # as the per-sample loop, question by question.
