@@ -105,7 +105,7 @@ REMEDIES = {
     "Whisper encoder": (
         "compute-bound: attention over the fixed 1500 frames of a 30 s window, however short the clip "
         "(`WhisperEncoder.forward`, called by `Salmonn.encode_audio_shared` in src/salmonn_pl/model/salmonn.py), once "
-        "per distinct waveform of a batch. A clip whose questions straddle two batches is encoded in both. The tiny "
+        "per distinct waveform (a clip whose questions straddle two batches reuses the first batch's tokens). The tiny "
         "model's LLM (2 layers, 64 wide) costs less than its Whisper over 1500 frames, unlike the 7B model's "
         "(see `## gpu`); torch threads or a GPU divide it, batching does not."
     ),
@@ -140,6 +140,10 @@ REMEDIES = {
     "Q-Former + projection": (
         "`WindowQFormer.forward` (src/salmonn_pl/model/window_qformer.py): 88 windows per clip, once per distinct "
         "(waveform, ablation) of a batch."
+    ),
+    "encode (rest)": (
+        "`Salmonn.encode_audio_shared` (src/salmonn_pl/model/salmonn.py) around the encoders: grouping rows by "
+        "audio and ablation, zeros for skipped encoders, and the sample comparisons that check shared audio."
     ),
     "LLM prefill": "`CachedLM.prefill` (src/salmonn_pl/generation/decode.py): prompt and 88 audio tokens per question.",
     UNTIMED: "Lightning's test loop around the batches.",
