@@ -3,6 +3,7 @@ straddle two batches is encoded once, and each row still gets the tokens of its 
 
 import numpy as np
 import torch
+from encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
@@ -10,29 +11,6 @@ from salmonn_pl.model.salmonn import CarriedAudioTokens
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 ATOL = 1e-6  # differently composed encoder batches may round differently (fp32)
-
-
-class _RowCounter:
-    """Wraps a callable and counts the batch rows of its first tensor argument."""
-
-    def __init__(self, fn):
-        self.fn, self.rows = fn, 0
-
-    def __call__(self, first, *args, **kwargs):
-        self.rows += first.size(0)
-        return self.fn(first, *args, **kwargs)
-
-
-def _counted(monkeypatch, model) -> dict[str, _RowCounter]:
-    counters = {
-        "whisper": _RowCounter(model.whisper.forward),
-        "beats": _RowCounter(model.beats.extract_features_per_clip),
-        "qformer": _RowCounter(model.connector.forward),
-    }
-    monkeypatch.setattr(model.whisper, "forward", counters["whisper"])
-    monkeypatch.setattr(model.beats, "extract_features_per_clip", counters["beats"])
-    monkeypatch.setattr(model.connector, "forward", counters["qformer"])
-    return counters
 
 
 def _clips() -> dict[str, np.ndarray]:
@@ -82,7 +60,7 @@ def test_a_clip_straddling_two_batches_is_encoded_once(tiny_salmonn, monkeypatch
     _encode(tiny_salmonn, first, carry)
     assert set(carry.tokens) == {("clip", "none"), ("clip", "zero_beats"), ("other", "none")}
 
-    counters = _counted(monkeypatch, tiny_salmonn)
+    counters = count_encoder_rows(monkeypatch, tiny_salmonn)
     shared = _encode_shared(tiny_salmonn, second, carry)
     # ("clip", "none") came from the first batch: Whisper only for "new", BEATs for the clip's
     # zero_whisper row and "new", the Q-Former for those two (audio, ablation) pairs.
@@ -99,7 +77,7 @@ def test_a_key_with_other_samples_is_encoded_again(tiny_salmonn, monkeypatch):
     _encode(tiny_salmonn, _batch([("clip", "none")], clips), carry)
     # Same key, other waveform (another benchmark copy, say): the carried tokens must not serve it.
     changed = dict(clips, clip=clips["clip"] * 0.5)
-    counters = _counted(monkeypatch, tiny_salmonn)
+    counters = count_encoder_rows(monkeypatch, tiny_salmonn)
     shared = _encode_shared(tiny_salmonn, _batch([("clip", "none")], changed), carry)
     assert counters["whisper"].rows == 1
     _assert_close(shared, _encode(tiny_salmonn, _batch([("clip", "none")], changed), None)[1])
@@ -111,7 +89,7 @@ def test_without_a_carry_nothing_is_reused(tiny_salmonn, monkeypatch):
     clips = _clips()
     batch = _batch([("clip", "none")], clips)
     _encode_shared(tiny_salmonn, batch, None)
-    counters = _counted(monkeypatch, tiny_salmonn)
+    counters = count_encoder_rows(monkeypatch, tiny_salmonn)
     _encode_shared(tiny_salmonn, batch, None)
     assert counters["whisper"].rows == 1
 
@@ -120,7 +98,7 @@ def test_the_module_carries_tokens_in_evaluation_and_forgets_them_on_a_mode_swit
     module = SalmonnModule(tiny_config)
     module.salmonn = tiny_salmonn
     batch = _batch([("clip", "none"), ("other", "none")], _clips())
-    counters = _counted(monkeypatch, tiny_salmonn)
+    counters = count_encoder_rows(monkeypatch, tiny_salmonn)
     module.eval()
     with torch.no_grad():
         module.encode(batch)

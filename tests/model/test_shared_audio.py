@@ -12,6 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
@@ -132,30 +133,6 @@ def test_zeroed_encoders_give_exactly_todays_tokens(tiny_salmonn, ablation):
     assert shared.dtype == today.dtype and torch.equal(shared, today)
 
 
-class _RowCounter:
-    """Wraps a callable and counts the batch rows of its first tensor argument."""
-
-    def __init__(self, fn):
-        self.fn, self.rows, self.calls = fn, 0, 0
-
-    def __call__(self, first, *args, **kwargs):
-        self.calls += 1
-        self.rows += first.size(0)
-        return self.fn(first, *args, **kwargs)
-
-
-def _count_encoder_rows(monkeypatch, model: Salmonn) -> dict[str, _RowCounter]:
-    counters = {
-        "whisper": _RowCounter(model.whisper.forward),
-        "beats": _RowCounter(model.beats.extract_features_per_clip),
-        "qformer": _RowCounter(model.connector.forward),
-    }
-    monkeypatch.setattr(model.whisper, "forward", counters["whisper"])
-    monkeypatch.setattr(model.beats, "extract_features_per_clip", counters["beats"])
-    monkeypatch.setattr(model.connector, "forward", counters["qformer"])
-    return counters
-
-
 def _audio_ids(keys: list[str | None]) -> list:
     """What identifies each row's audio: its key, or the row itself when it has none."""
     return [key if key is not None else ("row", i) for i, key in enumerate(keys)]
@@ -170,7 +147,7 @@ def test_each_encoder_runs_once_per_distinct_audio(tiny_salmonn, monkeypatch):
     model = tiny_salmonn  # the counting wrappers come off after the test (monkeypatch)
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
-    counters = _count_encoder_rows(monkeypatch, model)
+    counters = count_encoder_rows(monkeypatch, model)
     with torch.no_grad():
         model.encode_audio_shared(*_audio(batch), ablations, keys)
     pairs = {(audio, ablation) for audio, ablation in zip(_audio_ids(keys), ablations) if ablation in USES_QFORMER}
@@ -208,7 +185,7 @@ def test_the_module_shares_in_evaluation_and_encodes_row_by_row_in_training(tiny
     examples = [e for e in _mixed_examples() if e["meta"]["ablation"] == "none"]
     batch = SpeechCollator()(examples)
     ablations, keys = _ablations_and_keys(batch)
-    counters = _count_encoder_rows(monkeypatch, tiny_salmonn)
+    counters = count_encoder_rows(monkeypatch, tiny_salmonn)
     module.eval()
     with torch.no_grad():
         shared = module.encode(batch)
@@ -263,7 +240,7 @@ def test_long_audio_rows_share_their_chunks(tiny_salmonn, monkeypatch):
     ablations, keys = [r[2] for r in rows], [r[0] for r in rows]
     with torch.no_grad():
         reference = model.encode_audio_per_ablation(*_audio(batch), ablations)
-        counters = _count_encoder_rows(monkeypatch, model)
+        counters = count_encoder_rows(monkeypatch, model)
         shared = model.encode_audio_shared(*_audio(batch), ablations, keys)
     per_chunk = model.connector.tokens_for_frames()
     assert [t.size(0) for t in shared] == [3 * per_chunk] * 3 + [per_chunk, 3 * per_chunk, per_chunk, 0]
