@@ -3,6 +3,7 @@
 import json
 import pickle
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -10,7 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from salmonn_pl.eval.judge_llm import JudgeConfigurationError, LLMJudge, parse_judgement
+from salmonn_pl.eval.judge_llm import (
+    ChatReply,
+    JudgeConfigurationError,
+    JudgeEndpointUnreachable,
+    LLMJudge,
+    _cache_key,
+    parse_judgement,
+)
 from salmonn_pl.eval.judge_rule import JudgeItem
 
 QUESTION = "What emotion is the speaker expressing in the audio? (a) happy (b) sad (c) angry (d) fear"
@@ -81,6 +89,14 @@ class ScriptedChatServer:
                 return self._send_raw(handler, 200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
             if kind == "cut":
                 return self._send_raw(handler, 200, b'{"id": "x", "choices": [', "application/json")
+            if kind == "garbage":
+                return self._send(handler, 200, self._completion("I would rather not say."))
+            if kind == "empty":  # a 200 reply with nothing in it
+                return self._send(handler, 200, self._completion(""))
+            if kind == "length":  # cut at the token limit in the middle of the verdict
+                return self._send(handler, 200, self._completion("Explanation: thinking\nJudgement: corr", finish="length"))
+            if kind == "echo":  # the format repeated instead of a verdict
+                return self._send(handler, 200, self._completion("Explanation: x\nJudgement: <correct or incorrect>"))
             return self._send(handler, int(kind[1:]), {"error": {"message": f"scripted {kind}"}},
                               {"Retry-After": "0"} if kind == "e429" else {})
         if tag == "always500":
@@ -94,12 +110,12 @@ class ScriptedChatServer:
         return self._send(handler, 200, self._completion(text))
 
     @staticmethod
-    def _completion(content, reasoning=None):
+    def _completion(content, reasoning=None, finish="stop"):
         message = {"role": "assistant", "content": content}
         if reasoning is not None:
             message["reasoning_content"] = reasoning
         return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "judge",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}
+                "choices": [{"index": 0, "finish_reason": finish, "message": message}]}
 
     def _send(self, handler, status, payload, headers=None):
         self._send_raw(handler, status, json.dumps(payload).encode(), "application/json", headers)
@@ -161,7 +177,8 @@ def test_failures_are_retried_nothing_is_lost_and_a_second_run_is_cached(server,
 
     before = server.total
     again = _judge(server, tmp_path).judge_many(_items(responses))
-    assert server.total == before  # no request at all: every reply comes from the cache
+    # every verdict comes from the cache; only the reply without a verdict is asked again
+    assert server.total == before + 1 and server.attempts["sad [garbage]"] == 2
     assert again == judgements
 
 
@@ -217,7 +234,104 @@ def test_cache_is_keyed_by_model_and_prompt(server, tmp_path):
         ("Judgement: correct", ("correct", "")),
         ("The response is correct.", None),
         ("Judgement: maybe", None),
+        # one unambiguous verdict only: the format echoed, both words, contradictions
+        ("Explanation: x\nJudgement: <correct or incorrect>", None),
+        ("Explanation: x\nJudgement: correct/incorrect", None),
+        ("Explanation: x\nJudgement: correct or incorrect", None),
+        ('Explanation: x\nJudgement: either "correct" or "incorrect"', None),
+        ("Explanation: x\nJudgement: <correct>", None),
+        ("Explanation: a\nJudgement: correct\nExplanation: b\nJudgement: incorrect", None),
+        ("Judgement: incorrect\nOn reflection: Judgement: correct", None),
+        ("Explanation: x\nJudgement: correct\nJudgement: <correct or incorrect>", None),
+        ("Explanation: x\nJudgement: not correct", None),
+        ("Explanation: x\nJudgement: partially correct", None),
+        ("Explanation: x\nJudgement: correct, but the response also names (a)", None),
+        ("Explanation: x\nJudgement: incorrect?", None),  # a question is no verdict
+        ("Explanation: x\nJudgement: incorrect.", ("incorrect", "x")),
+        ("Explanation: x\nJudgement: The response is correct.", None),
+        ("Explanation: x\nJudgement: correctly picks (b)", None),
+        ("Explanation: x\nJudgement: maybe\nJudgement: correct", None),
+        # decoration around one verdict is fine
+        ("**Explanation:** picks (a).\n**Judgement:** Incorrect", ("incorrect", "picks (a).")),
+        ("Explanation: x\n**Judgement**: **CORRECT**", ("correct", "x")),
+        ("Explanation: x\nJudgement: `incorrect`", ("incorrect", "x")),
+        ("Explanation: x\nJudgement: [correct]", ("correct", "x")),
+        ("Explanation: x\nJudgement: \"correct\"", ("correct", "x")),
+        ("Explanation: x\nJudgement: Incorrect - the response picks (a).", ("incorrect", "x")),
+        ("Explanation: x\nJudgement: correct\nJudgement: correct", ("correct", "x")),
+        ("Explanation: x\nFinal judgement: incorrect", ("incorrect", "x")),
+        ("Explanation: picks (b). Judgement: correct", ("correct", "picks (b).")),
+        ("", None),
     ],
 )
 def test_parse_judgement(reply, expected):
     assert parse_judgement(reply) == expected
+
+
+def test_empty_cut_off_and_echoed_replies_are_unjudged_not_cached_and_asked_again(server, tmp_path):
+    responses = ["sad [emptyx1]", "sad [lengthx1]", "sad [echox1]", "sad [garbagex1]"]
+    first = _judge(server, tmp_path).judge_many(_items(responses))
+    assert [j.verdict for j in first] == ["unjudged"] * 4
+    assert "finish_reason=length" in first[1].explanation and "Judgement: corr" in first[1].explanation
+    assert "<correct or incorrect>" in first[2].explanation  # the raw reply is kept
+    assert all(server.attempts[r] == 1 for r in responses)
+
+    # the next run (e.g. rejudge --only_unjudged) asks again and gets the verdicts
+    second = _judge(server, tmp_path).judge_many(_items(responses))
+    assert [j.verdict for j in second] == ["correct"] * 4
+    assert all(server.attempts[r] == 2 for r in responses)
+    third = _judge(server, tmp_path).judge_many(_items(responses))
+    assert third == second and all(server.attempts[r] == 2 for r in responses)
+
+
+def test_a_cut_off_reply_keeps_a_verdict_on_a_finished_line():
+    judge = LLMJudge(base_url="http://127.0.0.1:9/v1", cache_dir=None)
+    complete = ChatReply("Explanation: picks (b)\nJudgement: correct\nNote: the", "", "length")
+    assert judge.read_reply(complete) == ("correct", "picks (b)")
+    cut = ChatReply("Explanation: picks (b)\nJudgement: correct", "", "length")
+    assert judge.read_reply(cut)[0] == "unjudged"
+
+
+def test_a_reply_cached_without_a_verdict_is_asked_again(server, tmp_path):
+    # a cache written by an earlier version, which stored every reply
+    judge = _judge(server, tmp_path)
+    item = _items(["sad"])[0]
+    request = judge.request_for(item)
+    judge.cache.put(_cache_key(request), "judge", json.dumps(request), ChatReply("", "", "length"))
+    assert judge.judge_many([item])[0].verdict == "correct"
+    assert server.attempts["sad"] == 1
+
+
+def test_cache_modes_refresh_and_off(server, tmp_path):
+    items = _items(["sad"])
+    _judge(server, tmp_path).judge_many(items)
+    _judge(server, tmp_path).judge_many(items)
+    assert server.attempts["sad"] == 1
+    _judge(server, tmp_path, cache_mode="refresh").judge_many(items)
+    assert server.attempts["sad"] == 2  # asked again, the cache rewritten
+    _judge(server, tmp_path, cache_mode="off").judge_many(items)
+    _judge(server, tmp_path, cache_mode="off").judge_many(items)
+    assert server.attempts["sad"] == 4
+    off = _judge(server, tmp_path / "elsewhere", cache_mode="off")
+    assert off.cache is None and not (tmp_path / "elsewhere" / "cache").exists()
+    with pytest.raises(ValueError, match="cache_mode"):
+        _judge(server, tmp_path, cache_mode="sometimes")
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("url", [f"http://127.0.0.1:{_closed_port()}/v1", "http://no-such-judge-host.invalid/v1"])
+def test_an_endpoint_where_nothing_listens_stops_at_once_with_its_url(tmp_path, url):
+    judge = LLMJudge(base_url=url, model="judge", concurrency=4, max_retries=5, timeout=5.0,
+                     cache_dir=str(tmp_path / "cache"), backoff_initial=1.0)
+    start = time.monotonic()
+    with pytest.raises(JudgeEndpointUnreachable) as raised:
+        judge.judge_many(_items([f"answer {i}" for i in range(20)]))
+    assert time.monotonic() - start < 5.0
+    assert url in str(raised.value)
+    assert isinstance(raised.value, JudgeConfigurationError)
+    assert judge.requests_sent == 1  # not 6 attempts for each of 20 questions
