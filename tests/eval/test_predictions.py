@@ -4,8 +4,12 @@ import json
 
 import pytest
 from eval_records import synthetic_records
+from golden import SAKURA_MINI
 from torch.utils.data import DistributedSampler
 
+from salmonn_pl.data.datamodule import SakuraDataset
+from salmonn_pl.data.sakura import read_sakura
+from salmonn_pl.data.variants import Variant
 from salmonn_pl.eval.metrics import count_slices
 from salmonn_pl.eval.predictions import (
     PREDICTIONS_FILE,
@@ -149,10 +153,30 @@ def test_sakura_results_are_in_the_release_judge_format(tmp_path):
     written = write_sakura_results(records, tmp_path, model_name="salmonn_7b")
     assert len(written) == 2 * 4 * 2
     document = json.loads((tmp_path / "original" / "Emotion_salmonn_7b_multi.json").read_text())
-    assert document["attribute"] == "Emotion" and document["type"] == "multi"
+    assert document["attribute"] == "emotion" and document["type"] == "multi"
     expected = [r for r in records if r["variant"] == "original" and r["track"] == "Emotion" and r["hop"] == "multi"]
-    assert sorted(document["results"]) == sorted(r["id"].rsplit("/", 1)[1] for r in expected)
+    # keyed like the release's metadata.json
+    assert sorted(document["results"]) == sorted(f"data/Emotion/audio/{r['id'].rsplit('/', 1)[1]}" for r in expected)
     # the fields the benchmark's judge script reads for every entry
     for record in expected:
-        entry = document["results"][record["id"].rsplit("/", 1)[1]]
+        entry = document["results"][f"data/Emotion/audio/{record['id'].rsplit('/', 1)[1]}"]
         assert entry == {"instruction": record["instruction"], "response": record["response"], "label": record["label"]}
+
+
+@pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA sample at {SAKURA_MINI}")
+def test_sakura_results_of_the_release_keep_its_keys_and_verbatim_labels(tmp_path):
+    questions, skipped = read_sakura(SAKURA_MINI)
+    assert not skipped
+    dataset = SakuraDataset(questions, [Variant(name="original")])
+    records = [make_record(e["id"], e["meta"], f"answer to {e['id']}") for e in dataset]
+    assert any(r["label"] != r["meta"].get("answer_verbatim", r["label"]) for r in records)  # the release's stray spaces
+    write_sakura_results(records, tmp_path, model_name="salmonn")
+    for track in ("Animal", "Emotion", "Gender", "Language"):
+        metadata = json.loads((SAKURA_MINI / "data" / track / "metadata.json").read_text(encoding="utf-8"))
+        for hop in ("single", "multi"):
+            document = json.loads((tmp_path / "original" / f"{track}_salmonn_{hop}.json").read_text(encoding="utf-8"))
+            assert document["attribute"] == track.lower() and document["type"] == hop
+            assert sorted(document["results"]) == sorted(metadata)  # the same keys
+            for key, entry in document["results"].items():
+                assert entry["label"] == metadata[key][f"{hop}_answer"]  # verbatim, " (c) angry" included
+                assert entry["instruction"] == metadata[key][f"{hop}_instruction"]

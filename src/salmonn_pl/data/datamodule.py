@@ -128,6 +128,8 @@ class SakuraDataset(Dataset):
             "file": question.file,
             "label": question.label,
             "answer": question.answer,
+            # The release's own spelling, for its scripts (sakura_results); only when it differs.
+            **({"answer_verbatim": question.answer_verbatim} if question.answer_verbatim not in ("", question.answer) else {}),
             "instruction": question.instruction,
             "question": text,
             **{key: value for key, value in variant.params().items() if key != "name"},

@@ -58,6 +58,7 @@ class SakuraQuestion:
     answer: str  # golden answer, e.g. "(b) cat"
     audio: str | ParquetAudio  # path of the wav, or its place in a parquet file
     extra: dict[str, Any] = field(default_factory=dict)  # metadata columns beyond COLUMNS
+    answer_verbatim: str = ""  # the golden answer as the release writes it (stray spaces kept)
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,7 @@ def _question(row: _Row, track: str, hop: str) -> SakuraQuestion:
         answer=values[f"{hop}_answer"],
         audio=row.audio,
         extra=extra,
+        answer_verbatim=str(row.values[f"{hop}_answer"]),
     )
 
 

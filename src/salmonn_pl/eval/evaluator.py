@@ -37,6 +37,7 @@ from salmonn_pl.eval.predictions import (
     Record,
     example_key,
     make_record,
+    sakura_label,
     write_sakura_results,
 )
 from salmonn_pl.eval.report import METRICS_FILE, POSITION_PLOT, Run, log_to_wandb, write_report
@@ -45,7 +46,8 @@ from salmonn_pl.eval.report import METRICS_FILE, POSITION_PLOT, Run, log_to_wand
 def judge_records(judge: Judge, records: Sequence[Mapping[str, Any]]) -> list[Record]:
     """Copies of the records with ``judgement``, ``judge_explanation`` and ``judge`` filled in."""
     items = [
-        JudgeItem(r["instruction"], r["label"], r["response"], (r.get("meta") or {}).get("original_instruction"))
+        # The golden answer in the release's spelling: SakuraJudge's prompt then matches the release's.
+        JudgeItem(r["instruction"], sakura_label(r), r["response"], (r.get("meta") or {}).get("original_instruction"))
         for r in records
     ]
     judged = []

@@ -267,23 +267,38 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
+def sakura_key(record: Mapping[str, Any]) -> str:
+    """The release's ``metadata.json`` key of a record's clip, e.g. ``data/Animal/audio/dog28.wav``."""
+    file = (record.get("meta") or {}).get("file") or record["id"].rsplit("/", 1)[-1]
+    return f"data/{record['track']}/audio/{file}"
+
+
+def sakura_label(record: Mapping[str, Any]) -> str:
+    """The golden answer as the release writes it (``" (c) angry"``, stray spaces kept) when the
+    record carries that spelling (``meta.answer_verbatim``), else its ``label``."""
+    verbatim = (record.get("meta") or {}).get("answer_verbatim")
+    return verbatim if isinstance(verbatim, str) and verbatim.strip() == record["label"] else record["label"]
+
+
 def write_sakura_results(records: Iterable[Mapping[str, Any]], output_dir: str | Path, model_name: str = "salmonn") -> list[Path]:
     """Per variant, track and hop: ``<output_dir>/<variant>/<Track>_<model>_<hop>.json``.
 
-    The layout is the benchmark's own (``{"attribute", "type", "results": {file: {"instruction",
-    "response", "label"}}}``), so its ``evaluation/llm_judge.py -i <file> -o <dir>`` runs unchanged;
-    ``label`` holds the golden answer that script compares against.
+    The layout is the benchmark's own (``{"attribute", "type", "results": {key: {"instruction",
+    "response", "label"}}}``, keys the release's ``metadata.json`` keys such as
+    ``data/Animal/audio/dog28.wav``, labels verbatim), so its ``evaluation/llm_judge.py`` and
+    ``calculate_acc.py`` run unchanged and give the numbers :class:`~salmonn_pl.eval.judge_sakura.SakuraJudge`
+    gives; ``label`` holds the golden answer that script compares against.
     """
     groups: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
     for record in records:
-        file = record["id"].rsplit("/", 1)[-1]
         results = groups.setdefault((record["variant"], record["track"], record["hop"]), {})
-        results[file] = {"instruction": record["instruction"], "response": record["response"], "label": record["label"]}
+        results[sakura_key(record)] = {"instruction": record["instruction"], "response": record["response"],
+                                       "label": sakura_label(record)}
     written = []
     for (variant, track, hop), results in sorted(groups.items()):
         path = Path(output_dir) / _safe_name(variant) / f"{track}_{_safe_name(model_name)}_{hop}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        document = {"attribute": track, "type": hop, "results": results}
+        document = {"attribute": track.lower(), "type": hop, "results": results}
         path.write_text(json.dumps(document, indent=4, ensure_ascii=False), encoding="utf-8")
         written.append(path)
     return written
