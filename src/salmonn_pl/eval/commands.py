@@ -2,19 +2,27 @@
 
 ``rejudge`` (another judge, e.g. an LLM judge behind an OpenAI-compatible endpoint), ``compare``
 (consistency of two runs, agreement of two judges) and ``report`` (tables over runs).
+
+``rejudge --judge_config configs/judge/<preset>.yaml`` takes the judge presets that ``salmonn-pl
+test --config`` composes (``model.judge`` in the file); ``--judge.*`` options after it override
+the preset's settings, e.g. ``--judge.init_args.base_url http://host:8000/v1``.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
+
+import yaml
 
 from jsonargparse import auto_cli, lazy_instance
 
 from salmonn_pl.eval.consistency import compare_predictions, consistency_markdown
 from salmonn_pl.eval.evaluator import judge_records, write_run_outputs
 from salmonn_pl.eval.judge_llm import LLMJudge  # noqa: F401  (selectable as --judge LLMJudge)
+from salmonn_pl.eval.judge_sakura import SakuraJudge  # noqa: F401  (selectable as --judge SakuraJudge)
 from salmonn_pl.eval.judge_rule import Judge, RuleJudge
 from salmonn_pl.eval.predictions import (
     PREDICTIONS_FILE,
@@ -47,7 +55,8 @@ def rejudge(
 
     Args:
         predictions: a run directory or its predictions.jsonl.
-        judge: the judge, e.g. ``RuleJudge`` or ``LLMJudge`` with its options.
+        judge: the judge, e.g. ``RuleJudge``, ``LLMJudge`` or ``SakuraJudge`` with its options, or
+            a preset: ``--judge_config configs/judge/sakura_gpt4o.yaml``.
         output: directory for the re-judged run (default: ``<run>/rejudged-<judge>``); it gets
             its own predictions.jsonl, metrics.json, report.md and SAKURA-format files.
         only_unjudged: keep existing correct/incorrect judgements and judge only the rest.
@@ -134,7 +143,40 @@ def report(
     return str(path)
 
 
+JUDGE_CONFIG_OPTION = "--judge_config"
+
+
+def judge_preset(path: str | Path) -> dict:
+    """The judge (``class_path`` / ``init_args``) of a preset file shaped like a run config's
+    ``model: {judge: ...}`` (or a bare ``judge:``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{JUDGE_CONFIG_OPTION} {path}: no such file")
+    document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    spec = (document.get("model") or {}).get("judge") if isinstance(document.get("model"), dict) else document.get("judge")
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{JUDGE_CONFIG_OPTION} {path}: expected model.judge.class_path (a judge preset as in configs/judge/)")
+    return spec
+
+
+def expand_judge_config(args: list[str]) -> list[str]:
+    """``--judge_config FILE`` replaced by ``--judge <the preset's judge>`` in place, so that
+    ``--judge.*`` options after it override the preset."""
+    expanded: list[str] = []
+    rest = iter(args)
+    for arg in rest:
+        if arg == JUDGE_CONFIG_OPTION or arg.startswith(JUDGE_CONFIG_OPTION + "="):
+            path = arg.split("=", 1)[1] if "=" in arg else next(rest, None)
+            if path is None:
+                raise SystemExit(f"{JUDGE_CONFIG_OPTION} needs a preset file, e.g. configs/judge/sakura_gpt4o.yaml")
+            expanded += ["--judge", json.dumps(judge_preset(path))]
+        else:
+            expanded.append(arg)
+    return expanded
+
+
 def main(args: list[str] | None = None) -> None:
+    args = expand_judge_config(sys.argv[1:] if args is None else list(args))
     auto_cli([rejudge, compare, report], args=args, as_positional=False)
 
 
