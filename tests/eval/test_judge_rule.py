@@ -98,6 +98,26 @@ CASES = [
     (EMOTION, "(a) happy", "The speaker sounds joyful and excited.", "unjudged"),
     (LANGUAGE, "(a) Italian", "The speaker is talking about the weather.", "unjudged"),
     (LANGUAGE, "(a) Italian", "", "unjudged"),
+    # an option the question does not offer is no option: incorrect (SAKURA's first criterion)
+    (EMOTION, "(a) happy", "(e)", "incorrect"),
+    (EMOTION, "(a) happy", "E", "incorrect"),
+    (EMOTION, "(a) happy", "E.", "incorrect"),
+    (EMOTION, "(a) happy", "The answer is (e).", "incorrect"),
+    (EMOTION, "(a) happy", "(e) none of the above", "incorrect"),
+    (GENDER, "(a) Male", "(c)", "incorrect"),
+    (ANIMAL, "(a) dog", "The sound is from a crow.", "incorrect"),
+    (ANIMAL, "(a) dog", "Frogs.", "incorrect"),
+    (LANGUAGE, "(a) Italian", "Spanish", "incorrect"),
+    (LANGUAGE, "(a) Italian", "The speaker is speaking English.", "incorrect"),
+    (EMOTION, "(a) happy", "The speaker sounds surprised.", "incorrect"),
+    # ... but what may still be an option, or contradicts itself, stays unjudged
+    (EMOTION, "(a) happy", "(e) happy", "unjudged"),
+    (ANIMAL, "(a) dog", "It is not a crow.", "unjudged"),
+    (ANIMAL, "(a) dog", "Female", "unjudged"),  # another kind of label: not the benchmark's own miss
+    (ANIMAL, "(a) dog", "A chicken.", "unjudged"),  # a hen is a chicken
+    (EMOTION, "(a) happy", "None of the options fit.", "unjudged"),
+    (EMOTION, "(a) happy", "(i) the tone is calm", "unjudged"),  # not an option letter
+    (COUNTRY, "(a) Austria", "Spanish", "unjudged"),  # a language among countries
     # the "no options" probe: only the golden answer is known
     ("What emotion is the speaker expressing in the audio?", "(a) happy", "The speaker is happy.", "correct"),
     ("What emotion is the speaker expressing in the audio?", "(a) happy", "The speaker is angry.", "unjudged"),

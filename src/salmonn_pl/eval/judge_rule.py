@@ -31,7 +31,11 @@ never counted as correct) and can be resolved by the LLM judge. Precisely, in th
    - options named but all negated -> ``unjudged`` (the model may be paraphrasing its choice);
    - nothing named: ``incorrect`` if the response declines to answer ("I cannot determine",
      "I'm sorry", "unable to", "it is difficult to" ...), since SAKURA counts picking no option as
-     wrong; otherwise ``unjudged`` (a paraphrase the rules cannot read).
+     wrong; ``incorrect`` too if it picks an option the question does not offer: a letter past
+     the listed ones (``(e)``, ``E.``, ``the answer is (e)`` for a four-option question) or, when
+     every option belongs to one of the benchmark's closed label sets (animals, emotions, genders,
+     languages), another member of that set ("a crow" among pig/dog/hen/sheep, "Spanish" among
+     four other languages), not negated; otherwise ``unjudged`` (a paraphrase the rules cannot read).
 3. The selected option is ``correct`` iff it is the golden one, otherwise ``incorrect``.
 
 A golden answer that is not one of the listed options (a data error) makes every answer to that
@@ -234,6 +238,54 @@ _LETTER_PATTERNS = (
 )
 
 
+# Letter forms that can only be an option letter, for letters the question does not list.
+_UNLISTED_LETTER_PATTERNS = (
+    re.compile(r"(?<![a-z0-9])\(([a-z])\)", re.IGNORECASE),
+    re.compile(r"^\s*([a-z])\s*[).:]?\s*$", re.IGNORECASE),
+    re.compile(r"^\s*([a-z])\s*[).:](?=\s|$)", re.IGNORECASE),
+    re.compile(r"\b(?:answer|option|choice)\s+(?:is\s+)?:?\s*\(?([a-z])\)?(?=\s*(?:[).,:;!]|$))", re.IGNORECASE),
+)
+_LAST_PLAUSIBLE_LETTER = "h"
+
+
+def _unlisted_letters(response: str, options: dict[str, str]) -> set[str]:
+    """Option letters past the listed ones (``e``-``h`` for four options) that the response picks."""
+    last = max(options)
+    found = set()
+    for pattern in _UNLISTED_LETTER_PATTERNS:
+        for match in pattern.finditer(response):
+            letter = match.group(1).lower()
+            if last < letter <= _LAST_PLAUSIBLE_LETTER:
+                found.add(letter)
+    return found
+
+
+# The benchmark's closed label sets (the single-hop options of its tracks, plus a few labels of the
+# same kind). An answer naming a member that the question does not offer picks no listed option.
+# Only kinds whose members are never paraphrases of one another.
+LABEL_SETS: dict[str, frozenset[str]] = {
+    "animal": frozenset({"cat", "cow", "crow", "dog", "frog", "hen", "pig", "rooster", "sheep", "horse", "duck", "goat"}),
+    "emotion": frozenset({"angry", "disgust", "fear", "happy", "sad", "neutral", "surprise"}),
+    "gender": frozenset({"male", "female"}),
+    "language": frozenset({"chinese", "english", "french", "german", "italian", "japanese", "korean", "spanish",
+                           "portuguese", "russian", "arabic", "dutch", "hindi"}),
+}
+
+
+def _unoffered_labels(response: str, options: dict[str, str]) -> set[str]:
+    """Members of the options' label set that the response names (not negated) but the question
+    does not offer; empty when the options are not all of one label set."""
+    option_words = [normalize_words(text) for text in options.values()]
+    if not all(len(words) == 1 for words in option_words):
+        return set()
+    offered = {words[0] for words in option_words}
+    for members in LABEL_SETS.values():
+        if all(any(_same_word(word, member) for member in members) for word in offered):
+            others = {m: m for m in members if not any(_same_word(m, word) for word in offered)}
+            return {m.letter for m in _find_mentions(response, others) if not m.negated}
+    return set()
+
+
 def _letter_markers(response: str, options: dict[str, str]) -> list[tuple[str, int]]:
     """(letter, end offset) of every letter marker naming a listed option."""
     found = []
@@ -363,6 +415,10 @@ def _select(response: str, options: dict[str, str]) -> _Selection:
 
     mentions = _find_mentions(response, options)
     affirmed = {m.letter for m in mentions if not m.negated}
+    unlisted = _unlisted_letters(response, options)
+    if affirmed and unlisted:
+        letters = ", ".join(f"({x})" for x in sorted(unlisted))
+        return _Selection(None, f"picks {letters}, which the question does not offer, and names {_format(options, affirmed)}")
     if len(affirmed) == 1:
         letter = affirmed.pop()
         return _Selection(letter, f"names ({letter}) {options[letter]}")
@@ -372,4 +428,11 @@ def _select(response: str, options: dict[str, str]) -> _Selection:
         return _Selection(None, f"only negates options: {_format(options, {m.letter for m in mentions})}")
     if _REFUSALS.search(response.replace("\u2019", "'")):
         return _Selection(None, "declines to choose an option", verdict_without_letter="incorrect")
+    if unlisted:
+        letters = ", ".join(f"({x})" for x in sorted(unlisted))
+        return _Selection(None, f"picks {letters}, which the question does not offer", verdict_without_letter="incorrect")
+    unoffered = _unoffered_labels(response, options)
+    if unoffered:
+        return _Selection(None, f"names {', '.join(sorted(unoffered))}, which the question does not offer",
+                          verdict_without_letter="incorrect")
     return _Selection(None, "names no option")
