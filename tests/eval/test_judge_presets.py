@@ -22,8 +22,9 @@ PRESETS = {"sakura_gpt4o.yaml": SakuraJudge, "gpt_oss_20b.yaml": LLMJudge}
 class VerdictServer:
     """An OpenAI-compatible endpoint that judges every answer correct and counts the requests."""
 
-    def __init__(self):
+    def __init__(self, empty_replies: int = 0):
         self.bodies = []
+        self.empty_replies = empty_replies  # the first replies carry no text (a failing server)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,7 +33,8 @@ class VerdictServer:
 
             def do_POST(self):
                 server.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                message = {"role": "assistant", "content": "Explanation: fine\nJudgement: correct"}
+                empty = len(server.bodies) <= server.empty_replies
+                message = {"role": "assistant", "content": "" if empty else "Explanation: fine\nJudgement: correct"}
                 data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
                                    "choices": [{"index": 0, "finish_reason": "stop", "message": message}]}).encode()
                 self.send_response(200)
@@ -118,3 +120,23 @@ def test_the_documented_sakura_command_parses(preset, capsys):
     judge = yaml.safe_load(capsys.readouterr().out)["model"]["judge"]
     assert judge["class_path"].endswith(PRESETS[preset].__name__)
     assert judge["init_args"]["base_url"] == "http://localhost:8000/v1"
+
+
+def test_rejudge_only_unjudged_asks_again_what_a_failing_server_left_unjudged(tmp_path):
+    records = synthetic_records(n_clips=1, variants=("original",))
+    server = VerdictServer(empty_replies=len(records))
+    try:
+        run = tmp_path / "run"
+        run.mkdir()
+        write_jsonl(run / PREDICTIONS_FILE, records)
+        preset = ["--judge_config", str(REPO / "configs" / "judge" / "gpt_oss_20b.yaml"),
+                  "--judge.init_args.base_url", server.url, "--judge.init_args.cache_dir", str(tmp_path / "cache")]
+        main(["rejudge", "--predictions", str(run), "--output", str(tmp_path / "first"), *preset])
+        assert {r["judgement"] for r in read_predictions(tmp_path / "first")} == {"unjudged"}
+        main(["rejudge", "--predictions", str(tmp_path / "first"), "--output", str(tmp_path / "second"),
+              "--only_unjudged", "true", *preset])
+        assert len(server.bodies) == 2 * len(records)  # nothing was cached from the empty replies
+        assert {r["judgement"] for r in read_predictions(tmp_path / "second")} == {"correct"}
+    finally:
+        server.httpd.shutdown()
+        server.httpd.server_close()
