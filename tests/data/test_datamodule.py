@@ -228,7 +228,7 @@ def test_long_audio_pool_skips_unreadable_clips_and_missing_tracks(tmp_path: Pat
     _release_with_bad_clips(tmp_path)  # one track (Animal), c1.wav is not audio, every clip a "cat"
     late = Variant(long_audio_seconds=5, long_audio_position="late")
     dm = SakuraDataModule(
-        tmp_path, tracks=["Animal"], limit=limit, on_error="skip", variants=[late], max_audio_seconds=5
+        tmp_path, tracks=["Animal"], limit=limit, on_error="skip", variants=[late], max_audio_seconds=30
     )
     dm.setup()
     assert len(dm.dataset) == (6 if limit is None else 2)
@@ -244,7 +244,7 @@ def test_long_audio_pool_skips_unreadable_clips_and_missing_tracks(tmp_path: Pat
 def test_long_audio_without_possible_distractors_names_variant_and_question(tmp_path: Path):
     _release_with_bad_clips(tmp_path)
     variant = Variant(long_audio_seconds=5, long_audio_distractors="other_tracks")
-    dm = SakuraDataModule(tmp_path, tracks=["Animal"], on_error="skip", variants=[variant], max_audio_seconds=5)
+    dm = SakuraDataModule(tmp_path, tracks=["Animal"], on_error="skip", variants=[variant], max_audio_seconds=30)
     dm.setup()
     with pytest.raises(ValueError, match=r"'long5s-middle-other_tracks', question Animal/single/c0.wav: no distractor"):
         dm.dataset[0]
