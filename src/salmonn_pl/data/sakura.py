@@ -373,7 +373,7 @@ def _open_hub_dataset(repo: str):
 
     try:
         dataset = datasets.load_dataset(repo, split="test")
-    except (ConnectionError, FileNotFoundError, OSError) as err:
+    except (OSError, ValueError) as err:  # unreachable, not found, or an unusable datasets cache
         try:
             return Path(snapshot_download(repo, repo_type="dataset", local_files_only=True))
         except LocalEntryNotFoundError:
