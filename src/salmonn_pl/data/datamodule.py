@@ -248,7 +248,8 @@ class SakuraDataModule(L.LightningDataModule):
             :attr:`skipped` (id and reason) for the run's outputs.
         channel: multi-channel audio keeps channel 0 (``first``, as the official code) or the
             channel average (``mean``).
-        layout: ``release`` (metadata.csv/json + wav), ``parquet`` (Hugging Face copy) or ``auto``.
+        layout: ``release`` (metadata.csv/json + wav), ``parquet`` (Hugging Face copy), ``hub`` (a hub
+            name) or ``auto``.
         feature_dtype: compute precision of the Whisper log-mel.
         max_audio_seconds: raw audio kept per clip, at least the official 30 s; above 30 s the model
             encodes 30 s chunks (set the model's ``max_audio_seconds`` to the same value), e.g. for

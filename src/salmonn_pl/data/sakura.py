@@ -352,6 +352,7 @@ def _hub_rows(repo: str, track: str) -> list[_Row]:
 
 
 def hub_fetch_hint(repo: str) -> str:
+    """How to put the hub dataset ``repo`` on local disk, for error messages."""
     return (
         f"fetch it with `hf download {repo} --repo-type dataset` (`huggingface-cli download {repo} "
         "--repo-type dataset` with older huggingface_hub), or download it with --local-dir <dir>/"
