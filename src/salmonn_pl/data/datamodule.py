@@ -31,7 +31,6 @@ length so that the model hears all of it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +64,7 @@ from salmonn_pl.data.sakura import (
     load_question_audio,
     read_sakura,
 )
+from salmonn_pl.data.settings import check_number
 from salmonn_pl.data.variants import (
     DEFAULT_PROMPT_TEMPLATE,
     DistractorSource,
@@ -197,14 +197,6 @@ def clip_by_clip(questions: list[SakuraQuestion]) -> list[SakuraQuestion]:
     return sorted(questions, key=lambda question: first_seen[sakura_clip_id(question)])
 
 
-def _check_number(name: str, value: float, minimum: float, integer: bool = False) -> None:
-    """A finite number (an integer when ``integer``) of at least ``minimum``, or a ValueError naming ``name``."""
-    kind = "an integer" if integer else "a number"
-    is_number = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not is_number or not math.isfinite(value) or value < minimum:
-        raise ValueError(f"{name} must be {kind} of at least {minimum:g}, got {value!r}")
-
-
 class ContiguousDistributedSampler(DistributedSampler):
     """Each DDP rank evaluates one contiguous block of the examples.
 
@@ -285,9 +277,9 @@ class SakuraDataModule(L.LightningDataModule):
         super().__init__()
         check_prompt_template(prompt_template)
         check_limit(limit, "data.limit")
-        _check_number("data.batch_size", batch_size, minimum=1, integer=True)
-        _check_number("data.num_workers", num_workers, minimum=0, integer=True)
-        _check_number("data.max_audio_seconds", max_audio_seconds, minimum=30)
+        check_number("data.batch_size", batch_size, minimum=1, integer=True)
+        check_number("data.num_workers", num_workers, minimum=0, integer=True)
+        check_number("data.max_audio_seconds", max_audio_seconds, minimum=30)
         if tracks is not None and not tracks:
             raise ValueError("data.tracks is empty; name at least one track or leave it null for all")
         if not hops:
