@@ -380,3 +380,18 @@ def test_datamodule_is_configurable_and_follows_lightning_epochs(wav_dir: Path):
     assert module.val_dataloader() == []
     with pytest.raises(ValueError, match="'train_annotation' is required"):
         AnnotationDataModule().setup("fit")
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("batch_size", 0, "data.batch_size must be an integer of at least 1, got 0"),
+        ("num_workers", -2, "data.num_workers must be an integer of at least 0, got -2"),
+    ],
+)
+def test_annotation_data_module_checks_its_numbers_at_construction(setting: str, value: int, message: str):
+    from salmonn_pl.data.annotation_datamodule import AnnotationDataModule
+
+    with pytest.raises(ValueError) as excinfo:
+        AnnotationDataModule(train_annotation="unused.json", **{setting: value})
+    assert message in str(excinfo.value)

@@ -98,3 +98,44 @@ def test_bad_audio_raises_error_naming_the_file(tmp_path: Path, make, reason: st
         load_audio(path)
     assert str(path) in str(excinfo.value)
     assert isinstance(excinfo.value, ValueError)
+
+
+def _wav_bytes(frames: int, channels: int = 1, subtype: str = "PCM_16") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    sf.write(buffer, 0.1 * np.ones((frames, channels)), 16000, format="WAV", subtype=subtype)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("channels, subtype", [(1, "PCM_16"), (2, "FLOAT")])
+def test_truncated_wav_is_unreadable_not_a_shorter_clip(tmp_path: Path, channels: int, subtype: str):
+    whole = _wav_bytes(16000, channels, subtype)
+    frame_bytes = len(whole[44:]) // 16000
+    # soundfile itself reads the cut file as a shorter clip without complaint.
+    path = tmp_path / "cut_download.wav"
+    path.write_bytes(whole[: len(whole) - 500 * frame_bytes])
+    assert sf.read(path)[0].shape[0] == 15500
+
+    with pytest.raises(AudioError, match="truncated.*declares 16000 frames but the file holds 15500") as excinfo:
+        load_audio(path)
+    assert str(path) in str(excinfo.value)
+    with pytest.raises(AudioError, match="parquet row 3: truncated"):
+        load_audio(path.read_bytes(), name="parquet row 3")
+    # A file cut inside its last frame holds one frame less than declared.
+    path.write_bytes(whole[:-1])
+    with pytest.raises(AudioError, match="declares 16000 frames but the file holds 15999"):
+        load_audio(path)
+
+
+def test_complete_wavs_with_extra_chunks_still_load(tmp_path: Path):
+    whole = _wav_bytes(1600)
+    # A LIST chunk after the data (as some editors write) is not a truncation.
+    extra = b"LIST" + (6).to_bytes(4, "little") + b"INFOab"
+    riff_size = int.from_bytes(whole[4:8], "little") + len(extra)
+    path = tmp_path / "with_list.wav"
+    path.write_bytes(whole[:4] + riff_size.to_bytes(4, "little") + whole[8:] + extra)
+    np.testing.assert_array_equal(load_audio(path), load_audio(whole, name="plain"))
+    flac = tmp_path / "clip.flac"
+    sf.write(flac, 0.1 * np.ones(1600), 16000)
+    assert len(load_audio(flac)) == 1600

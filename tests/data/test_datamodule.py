@@ -13,6 +13,7 @@ from jsonargparse import ArgumentParser
 
 from salmonn_pl.data.audio import AudioError, load_audio
 from salmonn_pl.data.datamodule import DEFAULT_PROMPT_TEMPLATE, SakuraDataModule
+from salmonn_pl.data.sakura import SakuraDataError
 from salmonn_pl.data.variants import Variant
 
 needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
@@ -228,7 +229,7 @@ def test_long_audio_pool_skips_unreadable_clips_and_missing_tracks(tmp_path: Pat
     _release_with_bad_clips(tmp_path)  # one track (Animal), c1.wav is not audio, every clip a "cat"
     late = Variant(long_audio_seconds=5, long_audio_position="late")
     dm = SakuraDataModule(
-        tmp_path, tracks=["Animal"], limit=limit, on_error="skip", variants=[late], max_audio_seconds=5
+        tmp_path, tracks=["Animal"], limit=limit, on_error="skip", variants=[late], max_audio_seconds=30
     )
     dm.setup()
     assert len(dm.dataset) == (6 if limit is None else 2)
@@ -244,7 +245,7 @@ def test_long_audio_pool_skips_unreadable_clips_and_missing_tracks(tmp_path: Pat
 def test_long_audio_without_possible_distractors_names_variant_and_question(tmp_path: Path):
     _release_with_bad_clips(tmp_path)
     variant = Variant(long_audio_seconds=5, long_audio_distractors="other_tracks")
-    dm = SakuraDataModule(tmp_path, tracks=["Animal"], on_error="skip", variants=[variant], max_audio_seconds=5)
+    dm = SakuraDataModule(tmp_path, tracks=["Animal"], on_error="skip", variants=[variant], max_audio_seconds=30)
     dm.setup()
     with pytest.raises(ValueError, match=r"'long5s-middle-other_tracks', question Animal/single/c0.wav: no distractor"):
         dm.dataset[0]
@@ -253,3 +254,54 @@ def test_long_audio_without_possible_distractors_names_variant_and_question(tmp_
 def test_long_audio_longer_than_max_audio_seconds_warns():
     with pytest.warns(UserWarning, match="long-audio variants last up to 120 s but max_audio_seconds is 30"):
         SakuraDataModule("unused", variants=[Variant(long_audio_seconds=120)])
+
+
+@pytest.mark.parametrize(
+    "setting, value, message",
+    [
+        ("limit", 0, "data.limit must be a positive integer or null, got 0"),
+        ("limit", -1, "data.limit must be a positive integer or null, got -1"),
+        ("batch_size", 0, "data.batch_size must be an integer of at least 1, got 0"),
+        ("batch_size", 2.5, "data.batch_size must be an integer of at least 1, got 2.5"),
+        ("num_workers", -1, "data.num_workers must be an integer of at least 0, got -1"),
+        ("max_audio_seconds", -1, "data.max_audio_seconds must be a number of at least 30, got -1"),
+        ("max_audio_seconds", float("nan"), "data.max_audio_seconds must be a number of at least 30, got nan"),
+        ("tracks", [], "data.tracks is empty"),
+        ("hops", [], "data.hops is empty"),
+    ],
+)
+def test_numeric_settings_are_checked_at_construction(tmp_path: Path, setting: str, value, message: str):
+    _release_with_bad_clips(tmp_path)
+    with pytest.raises(ValueError) as excinfo:
+        SakuraDataModule(tmp_path, **{setting: value})
+    assert message in str(excinfo.value)
+
+
+def test_bad_limit_from_yaml_fails_naming_the_setting(tmp_path: Path):
+    parser = ArgumentParser()
+    parser.add_class_arguments(SakuraDataModule, "data")
+    config = parser.parse_string(f"data:\n  root: {tmp_path}\n  limit: -1\n")
+    with pytest.raises(ValueError, match="data.limit must be a positive integer or null, got -1"):
+        parser.instantiate(config)
+
+
+def test_empty_selection_is_an_error_that_says_why(tmp_path: Path):
+    _release_with_bad_clips(tmp_path)
+    (tmp_path / "data/Animal/metadata.csv").write_text(
+        "file,attribute_label,single_instruction,single_answer,multi_instruction,multi_answer\n", encoding="utf-8"
+    )
+    dm = SakuraDataModule(tmp_path, tracks=["Animal"], on_error="skip")
+    with pytest.raises(SakuraDataError, match="no questions") as excinfo:
+        dm.setup()
+    assert str(tmp_path / "data/Animal/metadata.csv") in str(excinfo.value)
+
+
+def test_selection_that_skipping_empties_is_an_error_that_says_why(tmp_path: Path):
+    _release_with_bad_clips(tmp_path)
+    dm = SakuraDataModule(tmp_path, tracks=["Animal"], hops=["multi"], limit=1, on_error="skip")
+    (tmp_path / "data/Animal/audio/c0.wav").write_bytes(b"RIFF cut")
+    with pytest.raises(SakuraDataError, match="no question to evaluate") as excinfo:
+        dm.setup()
+    message = str(excinfo.value)
+    assert f"root {tmp_path}, tracks ['Animal'], hops ['multi'], limit 1" in message
+    assert "left out every one" in message and "Animal/multi/c0.wav" in message

@@ -206,3 +206,123 @@ def test_parquet_missing_column_names_the_file(tmp_path: Path):
     with pytest.raises(SakuraDataError, match="attribute_label") as excinfo:
         read_sakura(tmp_path, tracks=["Gender"])
     assert str(out) in str(excinfo.value)
+
+
+def _json_release(root: Path, text: str, track: str = "Animal") -> Path:
+    """A release-layout track whose metadata.json is ``text`` (clips clip0.wav, clip1.wav exist)."""
+    make_release(root, track=track, n=2)
+    (root / "data" / track / "metadata.csv").unlink()
+    path = root / "data" / track / "metadata.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _json_entry(i: int, answer: str = "(a) cat") -> str:
+    return (
+        f'{{"attribute_label": "cat", "single_instruction": "Which {i}? (a) cat (b) dog", "single_answer": "{answer}", '
+        f'"multi_instruction": "Eats {i}? (a) fish (b) hay", "multi_answer": "(a) fish"}}'
+    )
+
+
+def test_duplicate_json_key_is_an_error_naming_file_and_key(tmp_path: Path):
+    key = "data/Animal/audio/clip0.wav"
+    path = _json_release(
+        tmp_path,
+        f'{{"{key}": {_json_entry(0)}, "data/Animal/audio/clip1.wav": {_json_entry(1)}, "{key}": {_json_entry(0, "(b) dog")}}}',
+    )
+    for on_error in ("raise", "skip"):  # the file itself is wrong: skipping cannot pick an entry
+        with pytest.raises(SakuraDataError, match="appears more than once") as excinfo:
+            read_sakura(tmp_path, tracks=["Animal"], on_error=on_error)
+        assert str(path) in str(excinfo.value) and repr(key) in str(excinfo.value)
+    # A column given twice inside one entry is rejected the same way.
+    doubled = _json_entry(0).replace('"attribute_label": "cat"', '"attribute_label": "cat", "attribute_label": "dog"')
+    _json_release(tmp_path / "inner", f'{{"{key}": {doubled}}}')
+    with pytest.raises(SakuraDataError, match="'attribute_label' appears more than once"):
+        read_sakura(tmp_path / "inner", tracks=["Animal"])
+
+
+def test_json_entry_that_is_not_an_object_names_file_and_entry(tmp_path: Path):
+    path = _json_release(
+        tmp_path, f'{{"data/Animal/audio/clip0.wav": {_json_entry(0)}, "data/Animal/audio/clip1.wav": ["cat"]}}'
+    )
+    with pytest.raises(SakuraDataError, match="expected an object of metadata columns, got list") as excinfo:
+        read_sakura(tmp_path, tracks=["Animal"])
+    assert f"{path}, entry 'data/Animal/audio/clip1.wav'" in str(excinfo.value)
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_non_utf8_metadata_names_the_file(tmp_path: Path, kind: str):
+    if kind == "csv":
+        path = make_release(tmp_path, n=2)
+        path.write_bytes(path.read_bytes().replace(b"label1", "\u00e9tiquette".encode("latin-1")))
+    else:
+        path = _json_release(tmp_path, f'{{"data/Animal/audio/clip0.wav": {_json_entry(0)}}}')
+        path.write_bytes(path.read_bytes().replace(b"Which 0?", "Qu\u00e9 0?".encode("latin-1")))
+    with pytest.raises(SakuraDataError, match="not UTF-8") as excinfo:
+        read_sakura(tmp_path, tracks=["Animal"])
+    assert str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_metadata_saved_with_a_byte_order_mark_reads_like_without(tmp_path: Path, kind: str):
+    if kind == "csv":
+        path = make_release(tmp_path, n=2)
+    else:
+        entries = ", ".join(f'"data/Animal/audio/clip{i}.wav": {_json_entry(i)}' for i in range(2))
+        path = _json_release(tmp_path, "{" + entries + "}")
+    expected, _ = read_sakura(tmp_path, tracks=["Animal"])
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    questions, skipped = read_sakura(tmp_path, tracks=["Animal"])
+    assert not skipped and questions == expected and len(questions) == 4
+
+
+@pytest.mark.parametrize("content", ["", "{}", "csv-header-only"])
+def test_track_without_questions_is_an_error_naming_its_metadata(tmp_path: Path, content: str):
+    path = make_release(tmp_path, n=1)
+    if content == "csv-header-only":
+        path.write_text(",".join(COLUMNS) + "\n", encoding="utf-8")
+        match = "no questions"
+    else:
+        path.unlink()
+        path = _json_release(tmp_path / "j", content)
+        match = "not valid JSON" if content == "" else "no questions"
+        tmp_path = tmp_path / "j"
+    with pytest.raises(SakuraDataError, match=match) as excinfo:
+        read_sakura(tmp_path, tracks=["Animal"], on_error="skip")
+    assert str(path) in str(excinfo.value)
+
+
+@pytest.mark.parametrize("limit", [0, -1, 2.5, True])
+def test_limit_must_be_a_positive_integer(tmp_path: Path, limit):
+    make_release(tmp_path, n=2)
+    with pytest.raises(ValueError, match=rf"limit must be a positive integer or null, got {limit!r}"):
+        read_sakura(tmp_path, tracks=["Animal"], limit=limit)
+
+
+def test_limit_selects_the_first_rows_whatever_their_errors(tmp_path: Path):
+    """The first N questions of the release per track and hop, then skip: missing and unreadable
+    audio count alike, and a bad row is not replaced by the next one."""
+    make_release(tmp_path, n=5)
+    audio = tmp_path / "data/Animal/audio"
+    (audio / "clip0.wav").unlink()  # missing: found by read_sakura
+    (audio / "clip1.wav").write_bytes(b"RIFF not audio")  # unreadable: found by decoding
+
+    questions, skipped = read_sakura(tmp_path, tracks=["Animal"], limit=3, on_error="skip")
+    assert sorted(s.id for s in skipped) == [f"Animal/{hop}/clip0.wav" for hop in ("multi", "single")]
+    assert [q.file for q in questions] == ["clip1.wav", "clip2.wav"] * 2
+    usable, unreadable = find_unreadable_audio(questions)
+    assert [q.id for q in usable] == ["Animal/single/clip2.wav", "Animal/multi/clip2.wav"]
+    assert [s.id for s in unreadable] == ["Animal/single/clip1.wav", "Animal/multi/clip1.wav"]
+    # The same selection as without errors: the first 3 rows.
+    assert {q.file for q in questions} | {"clip0.wav"} == {f"clip{i}.wav" for i in range(3)}
+
+
+def test_truncated_clip_is_skipped_and_listed(tmp_path: Path):
+    make_release(tmp_path, n=2)
+    clip = tmp_path / "data/Animal/audio/clip0.wav"
+    clip.write_bytes(clip.read_bytes()[:-2000])
+    questions, _ = read_sakura(tmp_path, tracks=["Animal"])
+    usable, skipped = find_unreadable_audio(questions)
+    assert {q.file for q in usable} == {"clip1.wav"}
+    assert [s.id for s in skipped] == ["Animal/single/clip0.wav", "Animal/multi/clip0.wav"]
+    assert all("truncated" in s.reason and str(clip) in s.reason for s in skipped)

@@ -220,3 +220,27 @@ def test_sweep_expands_long_audio_and_leaves_out_padded_long_audio():
     assert [v.name for v in mixed] == ["original", "long60s-early", "long60s-late", "pad30s-zero-early"]
     with pytest.raises(ValueError, match="every combination sets both pad_seconds .* add null"):
         VariantSweep(pad_seconds=[30], long_audio_seconds=[60]).expand()
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"pad_seconds": float("nan")}, "pad_seconds must be positive (seconds) or null, got nan"),
+        ({"pad_seconds": float("inf")}, "pad_seconds must be positive (seconds) or null, got inf"),
+        ({"pad_seconds": 0}, "pad_seconds must be positive (seconds) or null, got 0"),
+        ({"pad_seconds": 10, "pad_fill": "noise", "noise_dbfs": float("nan")}, "noise_dbfs must be a finite number"),
+        ({"noise_dbfs": float("-inf")}, "noise_dbfs must be a finite number of decibels, got -inf"),
+        ({"long_audio_seconds": float("nan")}, "long_audio_seconds must be positive (seconds) or null, got nan"),
+        ({"long_audio_seconds": 60, "long_audio_position": float("nan")}, "fraction must be in [0, 1], got nan"),
+    ],
+)
+def test_variant_numbers_must_be_finite(settings: dict, message: str):
+    with pytest.raises(ValueError) as excinfo:
+        Variant(**settings)
+    assert message in str(excinfo.value)
+
+
+def test_sweep_with_an_empty_list_names_the_setting():
+    # An empty list empties the whole product: the sweep would silently serve no variant of any setting.
+    with pytest.raises(ValueError, match=r"VariantSweep: pad_fill must list at least one value"):
+        VariantSweep(pad_seconds=[15, 30], pad_fill=[])

@@ -73,3 +73,13 @@ def test_8bit_needs_cuda(tiny_config):
         pytest.skip("this machine has CUDA; the error path is for CPU-only machines")
     with pytest.raises(ValueError, match="8-bit needs a CUDA GPU|needs a CUDA GPU"):
         Salmonn(dataclasses.replace(tiny_config, load_in_8bit=True))
+
+
+@pytest.mark.parametrize("seconds", [-1, 0, 29.5, float("nan"), float("inf")])
+def test_max_audio_seconds_below_whisper_window_is_rejected(seconds: float):
+    # -1 used to cut the last second of every clip; 0 failed later with a misleading message.
+    from salmonn_pl.model.salmonn import SalmonnConfig
+
+    with pytest.raises(ValueError, match=rf"max_audio_seconds must be at least 30 .*got {seconds!r}"):
+        SalmonnConfig(llm_path="llm", whisper_path="whisper", max_audio_seconds=seconds)
+    assert SalmonnConfig(llm_path="llm", whisper_path="whisper", max_audio_seconds=30).max_audio_seconds == 30

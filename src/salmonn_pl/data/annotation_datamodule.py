@@ -15,6 +15,7 @@ from salmonn_pl.data.annotations import (
 )
 from salmonn_pl.data.audio import ChannelPolicy
 from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.settings import check_number
 from salmonn_pl.training.resumable import ResumableDataLoader
 
 
@@ -50,6 +51,8 @@ class AnnotationDataModule(LightningDataModule):
         channel: ChannelPolicy = "first",
     ) -> None:
         super().__init__()
+        check_number("data.batch_size", batch_size, minimum=1, integer=True)
+        check_number("data.num_workers", num_workers, minimum=0, integer=True)
         self.save_hyperparameters()
         self.train_annotation = train_annotation
         self.val_annotation = val_annotation

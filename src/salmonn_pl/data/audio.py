@@ -10,8 +10,9 @@ pad/truncate step, which runs at collation time so that study variants can work 
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
-from typing import Literal, Union
+from typing import BinaryIO, Literal, Union
 
 import numpy as np
 import soundfile as sf
@@ -40,8 +41,8 @@ def load_audio(
     ``source`` is a path or the encoded file's bytes (e.g. from a parquet release); ``name`` is what
     error messages call the file (defaults to the path). Multi-channel audio keeps channel 0 like the
     official code (``channel="first"``) or averages the channels (``channel="mean"``); other sample
-    rates are resampled with soxr. Raises :class:`AudioError` for a missing, unreadable, empty or
-    non-finite file.
+    rates are resampled with soxr. Raises :class:`AudioError` for a missing, unreadable, empty,
+    truncated (a WAV holding fewer frames than its header declares) or non-finite file.
     """
     label = name if name is not None else str(source) if not isinstance(source, bytes) else "<bytes>"
     if isinstance(source, bytes):
@@ -59,6 +60,14 @@ def load_audio(
         wav, sr = sf.read(handle, dtype="float64", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         raise AudioError(f"{label}: cannot decode audio ({err})") from err
+    # libsndfile shortens a truncated WAV's frame count to the bytes present and reads those
+    # without error, so a cut-off download would pass for a shorter clip.
+    declared = _wav_declared_frames(io.BytesIO(source) if isinstance(source, bytes) else open(handle, "rb"))
+    if declared is not None and declared > wav.shape[0]:
+        raise AudioError(
+            f"{label}: truncated audio: its WAV header declares {declared} frames but the file holds "
+            f"{wav.shape[0]}"
+        )
 
     if wav.shape[0] == 0:
         raise AudioError(f"{label}: audio has no samples")
@@ -69,6 +78,33 @@ def load_audio(
     if sr != target_sr:
         wav = soxr.resample(wav, sr, target_sr)
     return np.ascontiguousarray(wav, dtype=np.float64)
+
+
+def _wav_declared_frames(stream: BinaryIO) -> int | None:
+    """Frames the ``data`` chunk of a RIFF/WAVE stream declares (``None`` for other formats).
+
+    A size of 0xFFFFFFFF is the placeholder of a stream written without seeking back, not a
+    length; it declares nothing.
+    """
+    with stream:
+        header = stream.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = stream.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"fmt ":
+                fmt = stream.read(size + (size & 1))
+                block_align = struct.unpack("<H", fmt[12:14])[0] if len(fmt) >= 14 else None
+            elif chunk_id == b"data":
+                if not block_align or size == 0xFFFFFFFF:
+                    return None
+                return size // block_align
+            else:
+                stream.seek(size + (size & 1), io.SEEK_CUR)
 
 
 def _to_mono(wav: np.ndarray, channel: ChannelPolicy, label: str) -> np.ndarray:

@@ -58,10 +58,13 @@ from salmonn_pl.data.sakura import (
     SakuraDataError,
     SakuraQuestion,
     Skipped,
+    check_limit,
     find_unreadable_audio,
+    hub_tracks,
     load_question_audio,
     read_sakura,
 )
+from salmonn_pl.data.settings import check_number
 from salmonn_pl.data.variants import (
     DEFAULT_PROMPT_TEMPLATE,
     DistractorSource,
@@ -220,10 +223,13 @@ class SakuraDataModule(L.LightningDataModule):
     """The SAKURA benchmark (release layout or local Hugging Face copy) under the selected variants.
 
     Args:
-        root: benchmark root (holding ``data/<Track>/`` or ``<Track>QA/``).
-        tracks: tracks to evaluate.
+        root: benchmark root (holding ``data/<Track>/`` or ``<Track>QA/``), or the benchmark's name
+            on the Hugging Face Hub: ``SLLM-multi-hop`` (its four ``<Track>QA`` datasets) or one of
+            them (``SLLM-multi-hop/AnimalQA``), loaded through ``datasets`` (see :func:`read_sakura`).
+        tracks: tracks to evaluate; default: the four SAKURA tracks (the one of a single hub dataset).
         hops: sub-tracks to evaluate (``single``, ``multi``).
-        limit: at most this many questions per track and hop (the first in metadata order).
+        limit: the first ``limit`` questions of each track and hop in release order, whatever
+            errors they have (``on_error`` then applies to them, so fewer may remain); ``null``: all.
         variants: study conditions, each one config entry (see :class:`Variant`).
         sweep: the Cartesian product of settings, expanded after ``variants``; with neither given,
             the released benchmark is served as the variant ``original``.
@@ -236,10 +242,16 @@ class SakuraDataModule(L.LightningDataModule):
             :attr:`skipped` (id and reason) for the run's outputs.
         channel: multi-channel audio keeps channel 0 (``first``, as the official code) or the
             channel average (``mean``).
-        layout: ``release`` (metadata.csv/json + wav), ``parquet`` (Hugging Face copy) or ``auto``.
+        layout: ``release`` (metadata.csv/json + wav), ``parquet`` (Hugging Face copy), ``hub`` (a hub
+            name) or ``auto``.
         feature_dtype: compute precision of the Whisper log-mel.
-        max_audio_seconds: raw audio kept per clip; above 30 s the model encodes 30 s chunks
-            (set the model's ``max_audio_seconds`` to the same value), e.g. for long-audio variants.
+        max_audio_seconds: raw audio kept per clip, at least the official 30 s; above 30 s the model
+            encodes 30 s chunks (set the model's ``max_audio_seconds`` to the same value), e.g. for
+            long-audio variants.
+
+    Settings are checked when the module is built, and so is a hub name's dataset (loaded or found
+    in the cache), so that a bad setting or a missing download fails before the model loads.
+    ``setup`` raises :class:`SakuraDataError` when the selection holds no question to evaluate.
 
     Long-audio variants draw their distractors from every question of every track found under
     ``root`` (not only the selected tracks, and regardless of ``limit``), so a question gets the
@@ -250,7 +262,7 @@ class SakuraDataModule(L.LightningDataModule):
     def __init__(
         self,
         root: str | Path,
-        tracks: list[str] = list(TRACKS),
+        tracks: list[str] | None = None,
         hops: list[str] = list(HOPS),
         limit: int | None = None,
         variants: list[Variant] | None = None,
@@ -266,8 +278,17 @@ class SakuraDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         check_prompt_template(prompt_template)
+        check_limit(limit, "data.limit")
+        check_number("data.batch_size", batch_size, minimum=1, integer=True)
+        check_number("data.num_workers", num_workers, minimum=0, integer=True)
+        check_number("data.max_audio_seconds", max_audio_seconds, minimum=30)
+        if tracks is not None and not tracks:
+            raise ValueError("data.tracks is empty; name at least one track or leave it null for all")
+        if not hops:
+            raise ValueError(f"data.hops is empty; choose from {list(HOPS)}")
+        hub = hub_tracks(root)
         self.root = Path(root)
-        self.tracks = list(tracks)
+        self.tracks = list(tracks) if tracks is not None else list(hub) if hub is not None else list(TRACKS)
         self.hops = list(hops)
         self.limit = limit
         self.variants = resolve_variants(variants, sweep)
@@ -289,6 +310,9 @@ class SakuraDataModule(L.LightningDataModule):
                 f"{max_audio_seconds:g}, so the model hears only the first {max_audio_seconds:g} s; set "
                 f"max_audio_seconds (here and in the model) to {longest:g} to encode all of it"
             )
+        if hub is not None:
+            # Load (or find in the cache) now: a missing download fails before any other work.
+            read_sakura(self.root, self.tracks, self.hops, limit=1, on_error="skip", layout=layout)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -300,11 +324,22 @@ class SakuraDataModule(L.LightningDataModule):
         if self.on_error == "skip":
             questions, unreadable = find_unreadable_audio(selected, self.channel)
             skipped += unreadable
+        if not questions:
+            raise SakuraDataError(self._nothing_selected(skipped))
         if any(variant.long_audio_seconds is not None for variant in self.variants):
             self.distractor_questions = self._distractor_questions(selected, questions)
         self.questions, self.skipped = questions, skipped
         self.dataset = SakuraDataset(
             questions, self.variants, self.prompt_template, self.channel, distractor_questions=self.distractor_questions
+        )
+
+    def _nothing_selected(self, skipped: list[Skipped]) -> str:
+        selection = f"root {self.root}, tracks {self.tracks}, hops {self.hops}, limit {self.limit}"
+        if not skipped:
+            return f"no question to evaluate: {selection} selected none"
+        return (
+            f"no question to evaluate: {selection} selected {len(skipped)} and on_error=skip left out "
+            f"every one (first: {skipped[0].id}: {skipped[0].reason})"
         )
 
     def _distractor_questions(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -158,16 +159,20 @@ class Variant:
 
     def __post_init__(self) -> None:
         who = f"Variant {self.name!r}" if self.name else "Variant"
-        if self.pad_seconds is not None and self.pad_seconds <= 0:
-            raise ValueError(f"{who}: pad_seconds must be positive, got {self.pad_seconds}")
+        if self.pad_seconds is not None and not _positive_number(self.pad_seconds):
+            raise ValueError(f"{who}: pad_seconds must be positive (seconds) or null, got {self.pad_seconds!r}")
+        if not _finite_number(self.noise_dbfs):
+            raise ValueError(f"{who}: noise_dbfs must be a finite number of decibels, got {self.noise_dbfs!r}")
         if self.long_audio_seconds is not None:
             if self.pad_seconds is not None:
                 raise ValueError(
                     f"{who}: pad_seconds ({self.pad_seconds}) and long_audio_seconds ({self.long_audio_seconds}) "
                     "exclude each other; set only one of them"
                 )
-            if self.long_audio_seconds <= 0:
-                raise ValueError(f"{who}: long_audio_seconds must be positive, got {self.long_audio_seconds}")
+            if not _positive_number(self.long_audio_seconds):
+                raise ValueError(
+                    f"{who}: long_audio_seconds must be positive (seconds) or null, got {self.long_audio_seconds!r}"
+                )
         object.__setattr__(self, "long_audio_position", _canonical_position(self.long_audio_position, who))
         if self.long_audio_distractors not in ("all_tracks", "same_track", "other_tracks"):
             raise ValueError(
@@ -241,6 +246,14 @@ class Variant:
         return strip_options(question) if self.strip_options else question
 
 
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _positive_number(value: Any) -> bool:
+    return _finite_number(value) and value > 0
+
+
 def _number(value: float) -> str:
     return f"{value:g}"
 
@@ -279,6 +292,12 @@ class VariantSweep:
     long_audio_seconds: list[float | None] = field(default_factory=lambda: [None])
     long_audio_position: list[LongAudioPosition] = field(default_factory=lambda: ["middle"])
     long_audio_distractors: list[DistractorSource] = field(default_factory=lambda: ["all_tracks"])
+
+    def __post_init__(self) -> None:
+        empty = [name for name, values in asdict(self).items() if not values]
+        if empty:
+            # An empty list would make the product empty and drop every other setting's variants.
+            raise ValueError(f"VariantSweep: {', '.join(empty)} must list at least one value (null for none), got []")
 
     def expand(self) -> list[Variant]:
         variants: dict[str, Variant] = {}

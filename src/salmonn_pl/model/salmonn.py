@@ -98,6 +98,14 @@ class SalmonnConfig:
     # concatenate their audio tokens (88 per chunk by default), up to this many seconds. 30 = official.
     max_audio_seconds: float = 30.0
 
+    def __post_init__(self) -> None:
+        # Below 30 s it would not shorten what the model hears (a clip is encoded whole up to 30 s).
+        if not 30.0 <= self.max_audio_seconds < float("inf"):
+            raise ValueError(
+                f"max_audio_seconds must be at least 30 (Whisper's window; longer audio is encoded in 30 s chunks), "
+                f"got {self.max_audio_seconds!r}"
+            )
+
 
 @dataclass(frozen=True)
 class AudioWindow:
