@@ -27,6 +27,13 @@ from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
+from salmonn_pl.training.divergence import (
+    check_finite_gradients,
+    check_finite_loss,
+    check_finite_state,
+    gradient_norm,
+    where,
+)
 from salmonn_pl.training.objectives import Objectives, kl_to_uniform, lm_loss, margin_penalty, text_only_accuracy
 from salmonn_pl.training.option_prior import text_only_option_logprobs
 from salmonn_pl.training.rng import seeded_rng, step_seed
@@ -195,9 +202,25 @@ class SalmonnModule(L.LightningModule):
             losses = self._losses(batch)
         bs = len(batch["prompt"])
         loss = losses["loss"]
+        # Every rank decides together (one rank raising alone would leave the others waiting in backward).
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
+        self._batch_idx = batch_idx
+        check_finite_loss(finite, losses, where(self.trainer.global_step, self.current_epoch, batch_idx))
         self._log_losses("train", losses, bs, prog_bar=True, sync_dist=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # After backward (and the DDP all-reduce, and AMP's unscale), before clipping and the step.
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 GradScaler: infinite gradients are expected, the scaler skips that step itself
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        norm = gradient_norm(p for _, p in trainable)
+        if norm is None:
+            return
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(norm)), all=True)
+        place = where(self.trainer.global_step, self.current_epoch, getattr(self, "_batch_idx", None))
+        check_finite_gradients(trainable, finite, float(norm), place)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._log_losses("val", self._losses(batch), len(batch["prompt"]), sync_dist=True)
@@ -211,6 +234,8 @@ class SalmonnModule(L.LightningModule):
         # Frozen encoders and the base LLM are never saved: a 13B model's checkpoint stays tens of MB.
         if "state_dict" in checkpoint:  # absent under DeepSpeed, which writes the weights itself
             checkpoint["state_dict"] = trainable_checkpoint_state(checkpoint["state_dict"], self.salmonn, "salmonn.")
+            # Raising here stops Lightning before it writes the file.
+            check_finite_state(checkpoint["state_dict"], f"the checkpoint of global step {checkpoint.get('global_step')}")
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_hyperparameters(checkpoint["hyper_parameters"])
         checkpoint["dropout_seed"] = self.dropout_seed
