@@ -26,6 +26,7 @@ from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logi
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.settings_check import at_least, require
 from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
 from salmonn_pl.training.divergence import (
     check_finite_gradients,
@@ -89,6 +90,7 @@ class SalmonnModule(L.LightningModule):
                 (``seed_everything``) at fit start. Kept in checkpoints.
         """
         super().__init__()
+        check_module_arguments(lora_scale)
         self.save_hyperparameters(ignore=["judge"])
         self.model_config = model
         self.generation = generation or GenerationSettings()
@@ -312,6 +314,11 @@ class SalmonnModule(L.LightningModule):
         # Every rank holds the same gathered counts: syncing them changes no value, and without it
         # Lightning warns once per metric key under DDP.
         self.log_dict(self.evaluator.log_dict(counts), sync_dist=True)
+
+
+def check_module_arguments(lora_scale: float = 1.0) -> None:
+    """The numeric arguments of :class:`SalmonnModule` that no settings dataclass checks."""
+    require(at_least(lora_scale, 0), "lora_scale", lora_scale, "a finite number >= 0")
 
 
 def questions_of(batch: dict) -> list[str]:

@@ -35,6 +35,7 @@ from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 from salmonn_pl.model.whisper import load_whisper_encoder
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
+from salmonn_pl.settings_check import above, at_least, require
 
 SPEECH_PLACEHOLDER = "<SpeechHere>"
 SAMPLE_RATE = 16000
@@ -97,6 +98,19 @@ class SalmonnConfig:
     # Audio longer than Whisper's 30 s window: encode consecutive 30 s chunks with both encoders and
     # concatenate their audio tokens (88 per chunk by default), up to this many seconds. 30 = official.
     max_audio_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        check_model_numbers(self)
+
+
+def check_model_numbers(c: SalmonnConfig) -> None:
+    """The numeric architecture options (``model.*``) are in range."""
+    for name in ("second_per_window", "second_stride"):
+        require(above(getattr(c, name), 0), f"model.{name}", getattr(c, name), "> 0 seconds")
+    for name in ("lora_rank", "lora_alpha", "max_txt_len"):
+        require(above(getattr(c, name), 0), f"model.{name}", getattr(c, name), "> 0")
+    require(at_least(c.lora_dropout, 0) and c.lora_dropout < 1, "model.lora_dropout", c.lora_dropout, "in [0, 1)")
+    require(at_least(c.num_speech_query_token, 1), "model.num_speech_query_token", c.num_speech_query_token, ">= 1")
 
 
 @dataclass(frozen=True)
