@@ -74,10 +74,16 @@ def kl_to_uniform(
     """``KL(U || π_t)`` averaged over questions; ``option_logps`` / ``option_lengths`` are ``[B, K]``.
 
     ``valid [B, K]`` marks the real options when questions have different numbers of options (the
-    rest is padding and ignored); every question needs at least two.
+    rest is padding and ignored). Questions without any valid option are left out (their softmax is
+    undefined); with none left the term is zero, still in the graph (DDP needs every rank's gradients).
     """
     if valid is None:
         valid = torch.ones_like(option_logps, dtype=torch.bool)
+    has_options = valid.any(-1)
+    if not bool(has_options.all()):
+        if not bool(has_options.any()):
+            return option_logps.sum() * 0.0
+        option_logps, option_lengths, valid = option_logps[has_options], option_lengths[has_options], valid[has_options]
     scores = (option_logps / option_lengths.clamp(min=1)).masked_fill(~valid, float("-inf"))
     log_pi = scores.log_softmax(-1).masked_fill(~valid, 0.0)
     k = valid.sum(-1).to(option_logps.dtype)
