@@ -8,6 +8,7 @@ metrics, the report and the SAKURA-format result files at the end.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -228,7 +229,11 @@ class SalmonnModule(L.LightningModule):
         self._log_losses("val", self._losses(batch), len(batch["prompt"]), sync_dist=True)
 
     def configure_optimizers(self):
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError("the warm-up/cosine learning-rate schedule needs the number of optimiser steps: "
+                             "set trainer.max_steps (or a finite trainer.max_epochs)")
+        total = max(1, int(steps))
         optimizer, scheduler = build_optimizer(self.salmonn, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -99,3 +99,4 @@ def test_fp16_grad_scaler_skips_an_infinite_step_without_stopping_the_fit(tiny_f
     assert cli.trainer.precision_plugin.scaler.get_scale() < 2.0**16, "the scaler should have skipped a step"
     weights = [p for p in cli.model.salmonn.parameters() if p.requires_grad]
     assert all(bool(torch.isfinite(p).all()) for p in weights)
+
