@@ -100,3 +100,16 @@ def test_fp16_grad_scaler_skips_an_infinite_step_without_stopping_the_fit(tiny_f
     weights = [p for p in cli.model.salmonn.parameters() if p.requires_grad]
     assert all(bool(torch.isfinite(p).all()) for p in weights)
 
+
+
+def test_with_gradient_accumulation_the_gradient_is_checked_once_per_optimiser_step(tiny_files, synthetic_task,
+                                                                                       tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    _poison_lm_loss(monkeypatch, on_call=3, kind="grad")  # batch 2: the first half of optimiser step 1
+    config = write_fit_config(tmp_path / "fit.yaml", tiny_files, synthetic_task, tmp_path / "run", 2,
+                              callbacks=[checkpoint_callback(tmp_path / "ckpt", 1)],
+                              trainer={"val_check_interval": None, "limit_val_batches": 0,
+                                       "accumulate_grad_batches": 2})
+    with pytest.raises(TrainingDivergedError, match=r"non-finite gradient norm .* at global step 1 \(epoch 0, batch 3\)"):
+        run_fit(config)
+    assert _checkpoints(tmp_path / "ckpt") == ["step=1.ckpt"]
