@@ -15,6 +15,7 @@ from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.eval.judge_rule import Judge
@@ -234,6 +235,9 @@ class SalmonnModule(L.LightningModule):
             raise ValueError("the warm-up/cosine learning-rate schedule needs the number of optimiser steps: "
                              "set trainer.max_steps (or a finite trainer.max_epochs)")
         total = max(1, int(steps))
+        if self.optim.warmup_steps >= total:
+            rank_zero_warn(f"optim.warmup_steps ({self.optim.warmup_steps}) >= the run's {total} optimiser steps: the "
+                           f"learning rate never leaves the warm-up (never reaches optim.lr {self.optim.lr})")
         optimizer, scheduler = build_optimizer(self.salmonn, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
