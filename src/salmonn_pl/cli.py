@@ -12,6 +12,7 @@ import logging
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
+from salmonn_pl.cli_settings import SettingsCheckingParser, exit_on_setting_error
 from salmonn_pl.lit_module import SalmonnModule
 
 
@@ -19,6 +20,12 @@ class SalmonnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Reports and W&B name the run after its output directory unless told otherwise.
         parser.link_arguments("model.output_dir", "trainer.default_root_dir")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        # A bad setting ends the command here, in one line, before anything is built or run.
+        subcommand = self.config.get("subcommand")
+        exit_on_setting_error((self.config[subcommand] if subcommand else self.config).get("model"))
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
@@ -32,6 +39,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
         auto_configure_optimizers=False,
         args=args,
         run=run,
+        parser_class=SettingsCheckingParser,
     )
 
 

@@ -8,12 +8,14 @@ metrics, the report and the SAKURA-format result files at the end.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.eval.judge_rule import Judge
@@ -26,7 +28,15 @@ from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logi
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.settings_check import at_least, require
 from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
+from salmonn_pl.training.divergence import (
+    check_finite_gradients,
+    check_finite_loss,
+    check_finite_state,
+    gradient_norm,
+    where,
+)
 from salmonn_pl.training.objectives import Objectives, kl_to_uniform, lm_loss, margin_penalty, text_only_accuracy
 from salmonn_pl.training.option_prior import text_only_option_logprobs
 from salmonn_pl.training.rng import seeded_rng, step_seed
@@ -82,6 +92,7 @@ class SalmonnModule(L.LightningModule):
                 (``seed_everything``) at fit start. Kept in checkpoints.
         """
         super().__init__()
+        check_module_arguments(lora_scale)
         self.save_hyperparameters(ignore=["judge"])
         self.model_config = model
         self.generation = generation or GenerationSettings()
@@ -195,15 +206,38 @@ class SalmonnModule(L.LightningModule):
             losses = self._losses(batch)
         bs = len(batch["prompt"])
         loss = losses["loss"]
+        # Every rank decides together (one rank raising alone would leave the others waiting in backward).
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True)
+        self._batch_idx = batch_idx
+        check_finite_loss(finite, losses, where(self.trainer.global_step, self.current_epoch, batch_idx))
         self._log_losses("train", losses, bs, prog_bar=True, sync_dist=False)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # After backward (and the DDP all-reduce, and AMP's unscale), before clipping and the step.
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16 GradScaler: infinite gradients are expected, the scaler skips that step itself
+        trainable = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        norm = gradient_norm(p for _, p in trainable)
+        if norm is None:
+            return
+        finite = self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(norm)), all=True)
+        place = where(self.trainer.global_step, self.current_epoch, getattr(self, "_batch_idx", None))
+        check_finite_gradients(trainable, finite, float(norm), place)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._log_losses("val", self._losses(batch), len(batch["prompt"]), sync_dist=True)
 
     def configure_optimizers(self):
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            raise ValueError("the warm-up/cosine learning-rate schedule needs the number of optimiser steps: "
+                             "set trainer.max_steps (or a finite trainer.max_epochs)")
+        total = max(1, int(steps))
+        if self.optim.warmup_steps >= total:
+            rank_zero_warn(f"optim.warmup_steps ({self.optim.warmup_steps}) >= the run's {total} optimiser steps: the "
+                           f"learning rate never leaves the warm-up (never reaches optim.lr {self.optim.lr})")
         optimizer, scheduler = build_optimizer(self.salmonn, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -211,6 +245,8 @@ class SalmonnModule(L.LightningModule):
         # Frozen encoders and the base LLM are never saved: a 13B model's checkpoint stays tens of MB.
         if "state_dict" in checkpoint:  # absent under DeepSpeed, which writes the weights itself
             checkpoint["state_dict"] = trainable_checkpoint_state(checkpoint["state_dict"], self.salmonn, "salmonn.")
+            # Raising here stops Lightning before it writes the file.
+            check_finite_state(checkpoint["state_dict"], f"the checkpoint of global step {checkpoint.get('global_step')}")
         if "hyper_parameters" in checkpoint:
             checkpoint["hyper_parameters"] = plain_hyperparameters(checkpoint["hyper_parameters"])
         checkpoint["dropout_seed"] = self.dropout_seed
@@ -287,6 +323,11 @@ class SalmonnModule(L.LightningModule):
         # Every rank holds the same gathered counts: syncing them changes no value, and without it
         # Lightning warns once per metric key under DDP.
         self.log_dict(self.evaluator.log_dict(counts), sync_dist=True)
+
+
+def check_module_arguments(lora_scale: float = 1.0) -> None:
+    """The numeric arguments of :class:`SalmonnModule` that no settings dataclass checks."""
+    require(at_least(lora_scale, 0), "lora_scale", lora_scale, "a finite number >= 0")
 
 
 def questions_of(batch: dict) -> list[str]:

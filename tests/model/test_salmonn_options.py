@@ -80,6 +80,6 @@ def test_max_audio_seconds_below_whisper_window_is_rejected(seconds: float):
     # -1 used to cut the last second of every clip; 0 failed later with a misleading message.
     from salmonn_pl.model.salmonn import SalmonnConfig
 
-    with pytest.raises(ValueError, match=rf"max_audio_seconds must be at least 30 .*got {seconds!r}"):
+    with pytest.raises(ValueError, match=rf"max_audio_seconds must be >= 30 .*got {seconds!r}"):
         SalmonnConfig(llm_path="llm", whisper_path="whisper", max_audio_seconds=seconds)
     assert SalmonnConfig(llm_path="llm", whisper_path="whisper", max_audio_seconds=30).max_audio_seconds == 30

@@ -42,6 +42,19 @@ class RecordTraining(L.Callback):
                    self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
+class PoisonLoraAfterStep(L.Callback):
+    """Puts a NaN into the first LoRA weight once ``step`` optimiser steps are done (a diverged update)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            weight = next(p for n, p in pl_module.salmonn.named_parameters() if "lora_A" in n)
+            with torch.no_grad():
+                weight.view(-1)[0] = float("nan")
+
+
 def write_fit_config(
     path: Path,
     tiny_files: dict[str, Path],

@@ -157,3 +157,18 @@ def test_debias_recipe_parses(tmp_path):
     assert cli.model.objectives.prior_contrast_weight > 0
     assert asdict(cli.model.objectives)["prior_contrast_kind"] in ("margin", "kl_uniform")
     assert cli.datamodule.shuffle_options
+
+
+def test_kl_to_uniform_leaves_out_questions_without_options():
+    logps = torch.randn(3, 4, requires_grad=True)
+    lengths = torch.ones(3, 4)
+    valid = torch.tensor([[True, True, True, True], [False] * 4, [True, True, False, False]])
+    with_empty = kl_to_uniform(logps, lengths, valid)
+    kept = torch.tensor([0, 2])
+    assert torch.isfinite(with_empty)
+    assert torch.allclose(with_empty, kl_to_uniform(logps[kept], lengths[kept], valid[kept]))
+    with_empty.backward()
+    assert torch.isfinite(logps.grad).all() and logps.grad[1].abs().sum() == 0
+
+    none = kl_to_uniform(logps, lengths, torch.zeros(3, 4, dtype=torch.bool))
+    assert none.item() == 0.0 and none.requires_grad, "no question with options: zero, kept in the graph"

@@ -15,7 +15,7 @@ from salmonn_pl.data.annotations import (
 )
 from salmonn_pl.data.audio import ChannelPolicy
 from salmonn_pl.data.collate import SpeechCollator
-from salmonn_pl.data.settings import check_number
+from salmonn_pl.settings_check import check_number
 from salmonn_pl.training.resumable import ResumableDataLoader
 
 

@@ -64,7 +64,7 @@ from salmonn_pl.data.sakura import (
     load_question_audio,
     read_sakura,
 )
-from salmonn_pl.data.settings import check_number
+from salmonn_pl.settings_check import check_number
 from salmonn_pl.data.variants import (
     DEFAULT_PROMPT_TEMPLATE,
     DistractorSource,

@@ -27,12 +27,18 @@ from transformers import LogitsProcessor
 
 from salmonn_pl.generation.decode import CachedLM, DecodeOutput, DecodeStep, GenerationSettings, ScoreHook, generate
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
+from salmonn_pl.settings_check import at_least, require
 
 
 @dataclass
 class ContrastiveSettings:
     beta: float = 1.0  # contrast strength; 0 = plain decoding
     plausibility: float = 0.1  # keep tokens with p_audio >= plausibility * max p_audio; 0 keeps all
+
+    def __post_init__(self) -> None:
+        require(at_least(self.beta, 0), "contrastive.beta", self.beta, ">= 0")
+        require(at_least(self.plausibility, 0) and self.plausibility <= 1, "contrastive.plausibility",
+                self.plausibility, "in [0, 1]")
 
 
 class AudioContrast(ScoreHook):

@@ -36,6 +36,7 @@ from transformers.generation.logits_process import (
 )
 
 from salmonn_pl.generation.prefix_kv_cache import LlamaParts, PrefixKVCache, llama_decode_step
+from salmonn_pl.settings_check import above, at_least, finite, require
 
 
 @dataclass
@@ -59,6 +60,32 @@ class GenerationSettings:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        check_generation_settings(self)
+
+
+def check_generation_settings(s: GenerationSettings) -> None:
+    """Raise a :class:`~salmonn_pl.settings_check.SettingError` naming the first setting out of range."""
+    require(at_least(s.max_new_tokens, 1), "generation.max_new_tokens", s.max_new_tokens, ">= 1")
+    require(at_least(s.num_beams, 1), "generation.num_beams", s.num_beams, ">= 1")
+    require(at_least(s.min_length, 0), "generation.min_length", s.min_length, ">= 0")
+    require(above(s.temperature, 0), "generation.temperature", s.temperature, "> 0")
+    require(above(s.top_p, 0) and s.top_p <= 1, "generation.top_p", s.top_p, "in (0, 1]")
+    require(at_least(s.top_k, 0), "generation.top_k", s.top_k, ">= 0 (0: no top-k)")
+    require(above(s.repetition_penalty, 0), "generation.repetition_penalty", s.repetition_penalty, "> 0")
+    require(finite(s.length_penalty), "generation.length_penalty", s.length_penalty, "a finite number")
+    n = s.num_return_sequences
+    require(at_least(n, 1), "generation.num_return_sequences", n, ">= 1")
+    if s.num_beams > 1:
+        require(n <= s.num_beams, "generation.num_return_sequences", n,
+                f"<= generation.num_beams ({s.num_beams}): it cannot exceed num_beams")
+    else:
+        require(n == 1 or s.do_sample, "generation.num_return_sequences", n,
+                "1 with greedy decoding; more needs beam search (num_beams >= n) or sampling (do_sample)")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(s, name)
+        require(value is None or at_least(value, 0), f"generation.{name}", value, ">= 0 or null")
 
 
 @dataclass
@@ -117,11 +144,7 @@ def generate(
     if inputs_embeds.dim() != 3 or attention_mask.shape != inputs_embeds.shape[:2]:
         raise ValueError(f"inputs_embeds must be [B, L, H] and attention_mask [B, L]; got {tuple(inputs_embeds.shape)} "
                          f"and {tuple(attention_mask.shape)}")
-    if settings.max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {settings.max_new_tokens}")
-    if settings.num_beams < 1:
-        raise ValueError(f"num_beams must be >= 1, got {settings.num_beams}")
-    _check_num_return_sequences(settings)
+    check_generation_settings(settings)  # again: fields may have been changed since construction
     ids = _special_ids(model, settings)
     processors = _processors(settings, ids.eos, logits_processors, inputs_embeds.device)
     warpers = _warpers(settings) if settings.do_sample else None
@@ -133,16 +156,6 @@ def generate(
 
 
 # ----------------------------------------------------------------------------------------------- setup
-
-
-def _check_num_return_sequences(settings: GenerationSettings) -> None:
-    n = settings.num_return_sequences
-    if n < 1:
-        raise ValueError(f"num_return_sequences must be >= 1, got {n}")
-    if settings.num_beams > 1 and n > settings.num_beams:
-        raise ValueError(f"num_return_sequences ({n}) cannot exceed num_beams ({settings.num_beams})")
-    if settings.num_beams == 1 and n > 1 and not settings.do_sample:
-        raise ValueError(f"num_return_sequences={n} needs beam search (num_beams >= {n}) or sampling (do_sample)")
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from transformers import LogitsProcessor
 from salmonn_pl.generation.decode import DecodeOutput, DecodeStep, GenerationSettings, ScoreHook, generate
 from salmonn_pl.model.llm import embed_tokens
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
+from salmonn_pl.settings_check import at_least, require
 
 Query = Literal["hidden", "generated_mean"]
 TokenVectors = Literal["input", "output"]
@@ -43,6 +44,12 @@ class DiverseBeamSettings:
     alpha: float = 0.0
     query: Query = "generated_mean"
     token_vectors: TokenVectors = "input"
+
+    def __post_init__(self) -> None:
+        require(at_least(self.alpha, 0), "diverse_beam.alpha", self.alpha, ">= 0")
+        require(self.query in get_args(Query), "diverse_beam.query", self.query, f"one of {get_args(Query)}")
+        require(self.token_vectors in get_args(TokenVectors), "diverse_beam.token_vectors", self.token_vectors,
+                f"one of {get_args(TokenVectors)}")
 
 
 class SimilarityPenalty(ScoreHook):

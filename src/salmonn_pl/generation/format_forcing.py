@@ -9,18 +9,24 @@ writes freely. A row whose question lists no options is not constrained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from transformers import LogitsProcessor
 
 from salmonn_pl.data.annotations import option_letter, parse_question
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
+from salmonn_pl.settings_check import require
+
+Force = Literal["label", "label_text"]
 
 
 @dataclass
 class FormatForcingSettings:
-    force: Literal["label", "label_text"] = "label"
+    force: Force = "label"
+
+    def __post_init__(self) -> None:
+        require(self.force in get_args(Force), "format_forcing.force", self.force, f"one of {get_args(Force)}")
 
 
 class OptionPrefixProcessor(LogitsProcessor):

@@ -26,6 +26,7 @@ import torch
 
 from salmonn_pl.data.annotations import ParsedQuestion, option_letter, parse_question
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
+from salmonn_pl.settings_check import at_least, require
 
 
 @dataclass
@@ -36,6 +37,9 @@ class OptionScoringSettings:
     calibration: Literal["none", "pmi", "divide"] = "none"
     permutations: Literal["none", "cyclic"] = "none"
     max_rows_per_forward: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self)
 
 
 @dataclass
@@ -133,12 +137,9 @@ def _check(settings: OptionScoringSettings) -> None:
         "permutations": ("none", "cyclic"),
     }
     for name, choices in allowed.items():
-        if getattr(settings, name) not in choices:
-            raise ValueError(f"OptionScoringSettings.{name} must be one of {choices}, got {getattr(settings, name)!r}")
-    if settings.max_rows_per_forward < 1:
-        raise ValueError(
-            f"OptionScoringSettings.max_rows_per_forward must be >= 1, got {settings.max_rows_per_forward}"
-        )
+        require(getattr(settings, name) in choices, f"option_scoring.{name}", getattr(settings, name), f"one of {choices}")
+    require(at_least(settings.max_rows_per_forward, 1), "option_scoring.max_rows_per_forward",
+            settings.max_rows_per_forward, ">= 1")
 
 
 def _parse(question: str, prompt: str, name: str) -> ParsedQuestion:

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
+from salmonn_pl.settings_check import above, at_least, finite, require
 
 
 @dataclass
@@ -27,6 +28,17 @@ class LogitsProcessorSettings:
     encoder_repetition_penalty: float | None = None
     # (start_index, decay_factor): after start_index new tokens, favour </s> exponentially.
     exponential_decay_length_penalty: tuple[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        for phrase, value in (self.sequence_bias or {}).items():
+            require(finite(value), f"logits_processors.sequence_bias[{phrase!r}]", value, "a finite number")
+        penalty = self.encoder_repetition_penalty
+        require(penalty is None or above(penalty, 0), "logits_processors.encoder_repetition_penalty", penalty, "> 0")
+        decay = self.exponential_decay_length_penalty
+        if decay is not None:
+            name = "logits_processors.exponential_decay_length_penalty"
+            require(len(decay) == 2, name, decay, "[start_index, decay_factor]")
+            require(at_least(decay[0], 0) and above(decay[1], 0), name, decay, "[start_index >= 0, decay_factor > 0]")
 
 
 def build_logits_processors(

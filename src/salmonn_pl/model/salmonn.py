@@ -35,6 +35,7 @@ from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 from salmonn_pl.model.whisper import load_whisper_encoder
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
+from salmonn_pl.settings_check import above, at_least, require
 
 SPEECH_PLACEHOLDER = "<SpeechHere>"
 SAMPLE_RATE = 16000
@@ -99,12 +100,20 @@ class SalmonnConfig:
     max_audio_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        # Below 30 s it would not shorten what the model hears (a clip is encoded whole up to 30 s).
-        if not 30.0 <= self.max_audio_seconds < float("inf"):
-            raise ValueError(
-                f"max_audio_seconds must be at least 30 (Whisper's window; longer audio is encoded in 30 s chunks), "
-                f"got {self.max_audio_seconds!r}"
-            )
+        check_model_numbers(self)
+
+
+def check_model_numbers(c: SalmonnConfig) -> None:
+    """The numeric architecture options (``model.*``) are in range."""
+    for name in ("second_per_window", "second_stride"):
+        require(above(getattr(c, name), 0), f"model.{name}", getattr(c, name), "> 0 seconds")
+    for name in ("lora_rank", "lora_alpha", "max_txt_len"):
+        require(above(getattr(c, name), 0), f"model.{name}", getattr(c, name), "> 0")
+    require(at_least(c.lora_dropout, 0) and c.lora_dropout < 1, "model.lora_dropout", c.lora_dropout, "in [0, 1)")
+    require(at_least(c.num_speech_query_token, 1), "model.num_speech_query_token", c.num_speech_query_token, ">= 1")
+    # Below 30 s it would not shorten what the model hears (a clip is encoded whole up to 30 s).
+    require(at_least(c.max_audio_seconds, 30), "model.max_audio_seconds", c.max_audio_seconds,
+            ">= 30 (Whisper's window; longer audio is encoded in 30 s chunks)")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@
 * :mod:`.resumable` and :mod:`.rng`: what makes a resumed run repeat an uninterrupted one exactly (the
   position in the epoch's data order; dropout masks drawn per rank, epoch and batch from the run's seed).
 * :mod:`.activation`: data for activation tuning (``configs/activation.yaml``).
+* :mod:`.divergence`: the fit stops at the first non-finite loss or gradient (naming the step), and a
+  checkpoint with non-finite trainable weights is refused before it is written.
 
 Multi-device training is chosen in the ``trainer`` section, with no code change:
 ``strategy: ddp`` (``ddp_find_unused_parameters_true`` when some batches leave the connector unused,

@@ -25,6 +25,8 @@ from typing import Literal
 
 import torch
 
+from salmonn_pl.settings_check import at_least, require
+
 PRIOR_KINDS = ("margin", "kl_uniform")
 
 
@@ -45,15 +47,12 @@ class Objectives:
     margin: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.prior_contrast_kind not in PRIOR_KINDS:
-            raise ValueError(
-                f"Objectives.prior_contrast_kind must be one of {PRIOR_KINDS}, got {self.prior_contrast_kind!r}"
-            )
+        kind = self.prior_contrast_kind
+        require(kind in PRIOR_KINDS, "objectives.prior_contrast_kind", kind, f"one of {PRIOR_KINDS}")
         for name in ("lm_weight", "prior_contrast_weight", "margin"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"Objectives.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lm_weight == 0 and self.prior_contrast_weight == 0:
-            raise ValueError("Objectives: lm_weight and prior_contrast_weight are both 0, nothing would be trained")
+            require(at_least(getattr(self, name), 0), f"objectives.{name}", getattr(self, name), ">= 0")
+        require(self.lm_weight > 0 or self.prior_contrast_weight > 0, "objectives.lm_weight", self.lm_weight,
+                "> 0 when prior_contrast_weight is 0 too (nothing would be trained)")
 
 
 def lm_loss(logp: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
@@ -75,10 +74,16 @@ def kl_to_uniform(
     """``KL(U || π_t)`` averaged over questions; ``option_logps`` / ``option_lengths`` are ``[B, K]``.
 
     ``valid [B, K]`` marks the real options when questions have different numbers of options (the
-    rest is padding and ignored); every question needs at least two.
+    rest is padding and ignored). Questions without any valid option are left out (their softmax is
+    undefined); with none left the term is zero, still in the graph (DDP needs every rank's gradients).
     """
     if valid is None:
         valid = torch.ones_like(option_logps, dtype=torch.bool)
+    has_options = valid.any(-1)
+    if not bool(has_options.all()):
+        if not bool(has_options.any()):
+            return option_logps.sum() * 0.0
+        option_logps, option_lengths, valid = option_logps[has_options], option_lengths[has_options], valid[has_options]
     scores = (option_logps / option_lengths.clamp(min=1)).masked_fill(~valid, float("-inf"))
     log_pi = scores.log_softmax(-1).masked_fill(~valid, 0.0)
     k = valid.sum(-1).to(option_logps.dtype)

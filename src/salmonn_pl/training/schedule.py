@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from salmonn_pl.settings_check import above, at_least, require
+
 
 @dataclass
 class OptimSettings:
@@ -17,6 +19,14 @@ class OptimSettings:
     warmup_steps: int = 3000
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        require(above(self.lr, 0), "optim.lr", self.lr, "> 0")
+        for name in ("min_lr", "warmup_start_lr", "weight_decay"):
+            require(at_least(getattr(self, name), 0), f"optim.{name}", getattr(self, name), ">= 0")
+        require(at_least(self.warmup_steps, 0), "optim.warmup_steps", self.warmup_steps, ">= 0")
+        require(len(self.betas) == 2 and all(at_least(b, 0) and b < 1 for b in self.betas), "optim.betas",
+                self.betas, "two numbers in [0, 1)")
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

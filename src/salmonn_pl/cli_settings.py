@@ -1,0 +1,81 @@
+"""``salmonn-pl`` checks the module's settings as soon as the config is parsed, ``--print_config`` included.
+
+The settings dataclasses check their numbers in ``__post_init__``, but jsonargparse builds them only
+when it instantiates the run (after ``--print_config`` has printed them) and reports their errors as a
+long traceback. Here each setting is built from the parsed config right away, and a bad value ends the
+command with one line naming its config key: ``error: model.generation.num_beams must be >= 1, got 0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser
+
+from salmonn_pl.settings_check import SettingError
+
+
+def _dataclass_of(hint: Any) -> type | None:
+    """The dataclass named by ``hint`` (``X`` or ``X | None``), else ``None``."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return next((arm for arm in typing.get_args(hint) if dataclasses.is_dataclass(arm)), None)
+    return None
+
+
+def build_setting(hint: Any, value: Any) -> Any:
+    """``value`` from a parsed config as what ``hint`` names: dataclasses (nested ones too) are built,
+    which runs their checks; anything else is returned as it is."""
+    cls = _dataclass_of(hint)
+    if cls is None or not isinstance(value, Mapping):
+        return value
+    if "class_path" in value:  # the long form {class_path, init_args}
+        value = value.get("init_args") or {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    return cls(**{name: build_setting(hints[name], item) for name, item in value.items() if name in fields})
+
+
+def check_module_settings(model: Namespace | Mapping | None) -> None:
+    """Build every settings argument of :class:`~salmonn_pl.lit_module.SalmonnModule` found in the parsed
+    ``model`` section and check its other numeric arguments; raises :class:`SettingError`."""
+    from salmonn_pl.lit_module import SalmonnModule, check_module_arguments
+
+    if model is None:
+        return
+    values = model.as_dict() if isinstance(model, Namespace) else dict(model)
+    hints = typing.get_type_hints(SalmonnModule.__init__)
+    for name, value in values.items():
+        if name in hints and _dataclass_of(hints[name]) is not None:
+            try:
+                build_setting(hints[name], value)
+            except TypeError:  # a required field still unset (e.g. printing a config template): nothing to check
+                pass
+    names = inspect.signature(check_module_arguments).parameters
+    check_module_arguments(**{name: value for name, value in values.items() if name in names and value is not None})
+
+
+def exit_on_setting_error(model: Namespace | Mapping | None) -> None:
+    """:func:`check_module_settings`, ending the command (status 2) with one line naming the config key."""
+    try:
+        check_module_settings(model)
+    except SettingError as error:
+        sys.stderr.write(f"error: model.{error}\n")
+        raise SystemExit(2) from error
+
+
+class SettingsCheckingParser(LightningArgumentParser):
+    """Checks the ``model`` settings before a config is printed (``--print_config``) or saved."""
+
+    def dump(self, cfg: Namespace, *args: Any, **kwargs: Any) -> str:
+        if isinstance(cfg, Namespace) and isinstance(cfg.get("model"), Namespace):
+            exit_on_setting_error(cfg["model"])
+        return super().dump(cfg, *args, **kwargs)
