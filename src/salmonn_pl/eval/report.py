@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from salmonn_pl.eval.files import atomic_open, write_text_atomic
 from salmonn_pl.eval.metrics import (
     AVERAGE,
     PUBLISHED_SALMONN,
@@ -301,7 +302,8 @@ def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None
     figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
     figure.suptitle("SAKURA accuracy vs information position")
     path = Path(path)
-    figure.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
     return path
 
 
@@ -320,7 +322,7 @@ def write_report(
     text = render_report(runs, baseline, baseline_variant, text_only_run, text_only_ablation,
                          plots=[plot.name] if plot else [])
     path = output_dir / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return path
 
 
