@@ -3,6 +3,7 @@ not a verdict is counted, a re-run resumes only the same run and says what it fi
 question is handled by the data's ``on_error`` policy, and one output directory serves one run."""
 
 import json
+import shutil
 import logging
 import subprocess
 import sys
@@ -166,3 +167,19 @@ def test_a_second_run_on_a_busy_output_directory_is_refused(tiny_files, tmp_path
         holder.stdout.close()
     run_test(config)  # the lock went with the process
     assert len(prediction_lines(out)) == 2
+
+
+def test_a_checkpoint_retrained_in_place_is_another_run(tiny_files, tmp_path):
+    ckpt = tmp_path / "last.pth"
+    shutil.copy(tiny_files["ckpt"], ckpt)
+    files = {**tiny_files, "ckpt": ckpt}
+    config = write_config(tmp_path / "c.yaml", files, tmp_path / "out", limit=1)
+    run_test(config)
+
+    state = torch.load(ckpt, weights_only=True)
+    weights = state["model"] if "model" in state else state
+    name = next(k for k, v in weights.items() if torch.is_floating_point(v))
+    weights[name] = weights[name] + 0.01  # same path, same size, other weights
+    torch.save(state, ckpt)
+    with pytest.raises(RunMismatch, match=r"weights\.ckpt: \"\d+ bytes, blake2b \w+\" -> "):
+        run_test(config)

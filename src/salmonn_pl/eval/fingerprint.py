@@ -68,13 +68,10 @@ def path_digest(path: str | Path) -> str:
     return f"{len(files)} files, {total} bytes, blake2b {digest.hexdigest()}"
 
 
-def weight_digests(settings: Mapping[str, Any], prefix: str = "weights") -> dict[str, str]:
-    """A digest of every existing file or directory that a (flattened) setting names: the weights."""
-    digests = {}
-    for key, value in flatten(settings).items():
-        if isinstance(value, str) and value and os.path.exists(value):
-            digests[f"{prefix}.{key}"] = path_digest(value)
-    return digests
+def weight_digests(settings: Mapping[str, Any]) -> dict[str, str]:
+    """``{setting: digest}`` of every existing file or directory a (flattened) setting names: the weights."""
+    return {key: path_digest(value) for key, value in flatten(settings).items()
+            if isinstance(value, str) and value and os.path.exists(value)}
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
