@@ -372,10 +372,11 @@ class SalmonnModule(L.LightningModule):
             sub = batch if len(todo) == len(batch["id"]) else select_rows(batch, todo)
             answers = self._answers_or_errors(sub)
             errors = [a.get("error") for a in answers]
-            failed = {sub["id"][i] for i, e in enumerate(errors) if e}
-            # Every question of the batch failed (and they are at least two): that is the model or the
-            # settings, not the questions; stop before storing errors that a re-run would take as done.
-            if all(errors) and len(failed) > 1:
+            # Every question of the batch failed, about at least two different audios: that is the model
+            # or the settings, not a question (nor one bad clip); stop before storing errors that a
+            # re-run would take as done.
+            audios = {meta.get("audio_key") or i for i, meta in zip(sub["id"], sub["meta"])}
+            if all(errors) and len(audios) > 1:
                 raise BrokenRun(
                     f"every question of test batch {batch_idx} failed ({len(errors)} rows, e.g. {sub['id'][0]}: "
                     f"{errors[0]}); the model or the run's settings are broken, not a question"

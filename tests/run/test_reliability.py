@@ -60,6 +60,15 @@ def test_a_question_with_nan_output_is_an_error_not_an_answer(tiny_files, tmp_pa
     assert not any("test_00001.wav" in doc["results"] for doc in sakura)
 
 
+def test_a_batch_of_one_clip_with_nan_output_is_one_bad_clip_not_a_broken_model(tiny_files, tmp_path):
+    out = tmp_path / "out"
+    nan = {"class_path": "cli_runs.NaNAudioTokens", "init_args": {"file": "test_00001.wav"}}
+    # Batches of 2 hold one clip's two questions: the second batch fails entirely, about one audio.
+    run_test(write_config(tmp_path / "c.yaml", tiny_files, out, limit=3, batch_size=2, callbacks=[nan]),
+             *OPTION_SCORING)
+    assert metrics(out)["overall"]["errors"] == 2 and metrics(out)["overall"]["questions"] == 4
+
+
 def test_a_model_whose_every_output_is_nan_fails_the_run(tiny_files, tmp_path):
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", tiny_files, out, limit=2,
