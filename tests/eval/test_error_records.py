@@ -57,3 +57,4 @@ def test_non_finite_values_are_stored_as_null(tmp_path):
     assert record["judgement"] == "error" and record["error"] == "non-finite option scores"
     assert json.loads((tmp_path / "metrics.json").read_text())["errors"] == [
         {"id": "Animal/single/0.wav", "variant": "original", "error": "non-finite option scores"}]
+    assert "1 more questions got no answer" in (tmp_path / "report.md").read_text()

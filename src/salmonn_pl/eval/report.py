@@ -183,6 +183,11 @@ def render_report(
     summary_rows = [(run.name, overall(run.counts)) for run in runs]
     lines += ["", "## Questions", ""]
     lines += _table("run", summary_rows, ("questions", "correct", "incorrect", "unjudged", "accuracy"))
+    for name, summary in summary_rows:
+        if summary["errors"]:
+            lines += ["", (f"{name}: {summary['errors']} more questions got no answer (non-finite model output or a "
+                           "failed question, listed under `errors` in metrics.json); they are not judged and not "
+                           "among the questions above.")]
 
     unjudged_rows = [(_row_label(run, v, runs), row) for run in runs for v, row in unjudged_table(run.counts).items()
                      if any(row.values())]
