@@ -3,7 +3,10 @@
 ``salmonn-pl fit`` trains the LoRA/Q-Former/projection with the objectives in
 :mod:`salmonn_pl.training.objectives`; ``salmonn-pl test`` generates an answer per question,
 judges it, appends it to ``predictions.jsonl`` as it goes (a re-run resumes), and writes
-metrics, the report and the SAKURA-format result files at the end.
+metrics, the report and the SAKURA-format result files at the end. Before any work it takes the
+output directory's lock and compares the run with the one that wrote the directory (``run.json``):
+only the same run resumes. A question without an answer (non-finite output, or a failure under the
+data's ``on_error: skip``) is stored as an error record, never judged nor counted.
 """
 
 from __future__ import annotations
