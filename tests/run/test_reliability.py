@@ -12,7 +12,6 @@ import textwrap
 import pytest
 import torch
 from cli_runs import (
-    FailAfterBatches,  # noqa: F401  (named in configs by class path)
     metrics,
     prediction_lines,
     run_test,
