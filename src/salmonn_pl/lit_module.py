@@ -3,11 +3,16 @@
 ``salmonn-pl fit`` trains the LoRA/Q-Former/projection with the objectives in
 :mod:`salmonn_pl.training.objectives`; ``salmonn-pl test`` generates an answer per question,
 judges it, appends it to ``predictions.jsonl`` as it goes (a re-run resumes), and writes
-metrics, the report and the SAKURA-format result files at the end.
+metrics, the report and the SAKURA-format result files at the end. Before any work it takes the
+output directory's lock and compares the run with the one that wrote the directory (``run.json``):
+only the same run resumes. A question without an answer (non-finite output, or a failure under the
+data's ``on_error: skip``) is stored as an error record, never judged nor counted.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
 import math
 import time
 from pathlib import Path
@@ -18,18 +23,27 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from salmonn_pl.data.variants import Ablation
-from salmonn_pl.eval.judge_rule import Judge
+from salmonn_pl.eval.fingerprint import check_run, weight_digests
+from salmonn_pl.eval.judge_rule import Judge, RuleJudge
+from salmonn_pl.eval.predictions import has_predictions
+from salmonn_pl.eval.run_lock import OutputDirLock
 from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, diverse_beam_generate
 from salmonn_pl.generation.format_forcing import FormatForcingSettings, format_forcing_processor
+from salmonn_pl.generation.nonfinite import NonFiniteLogits
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import at_least, require
-from salmonn_pl.training.checkpointing import check_trainable_state, plain_hyperparameters, trainable_checkpoint_state
+from salmonn_pl.training.checkpointing import (
+    check_trainable_state,
+    plain,
+    plain_hyperparameters,
+    trainable_checkpoint_state,
+)
 from salmonn_pl.training.divergence import (
     check_finite_gradients,
     check_finite_loss,
@@ -44,6 +58,23 @@ from salmonn_pl.training.schedule import OptimSettings, build_optimizer
 
 # Count of questions behind text_only_acc, returned by _losses for weighting the log (not logged).
 TEXT_ONLY_KNOWN = "text_only_known"
+
+log = logging.getLogger(__name__)
+
+# Module settings that change no answer: where results go, the judge (checked on its own), fit-only ones.
+NOT_ANSWER_SETTINGS = ("output_dir", "run_name", "judge", "objectives", "optim", "dropout_seed")
+# Data settings that change no answer (batch_size neither under left padding, which is batch-invariant).
+NOT_ANSWER_DATA = ("num_workers", "on_error")
+# Module attributes holding an argument's resolved value (None defaults filled in).
+_RESOLVED = {"model": "model_config", "logits_processors": "processor_settings"}
+
+
+class QuestionFailed(RuntimeError):
+    """Answering one question failed (``on_error: raise``); the message names it."""
+
+
+class BrokenRun(RuntimeError):
+    """Every question of a batch failed: the model or the run's settings are broken, not a question."""
 
 
 class SalmonnModule(L.LightningModule):
@@ -113,6 +144,7 @@ class SalmonnModule(L.LightningModule):
         self.dropout_seed = dropout_seed
         self.salmonn: Salmonn | None = None
         self.carried_audio = CarriedAudioTokens()  # the previous evaluation batch's audio tokens
+        self.output_lock = OutputDirLock(self.output_dir)  # held by rank 0 while testing
         # Lightning checkpoints hold only the trainable weights (see on_save_checkpoint).
         self.strict_loading = False
 
@@ -267,16 +299,22 @@ class SalmonnModule(L.LightningModule):
     # -- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def answer(self, batch: dict, ablation: Ablation | None = None, padding_side: PaddingSide | None = None) -> list[dict]:
-        """One answer per row: ``{"response": text, ...}`` plus per-option scores when scoring options."""
+        """One answer per row: ``{"response": text, ...}`` plus per-option scores when scoring options.
+
+        A row whose scores or logits were not finite (NaN/inf: a broken model) also gets ``"error"``:
+        its response is no answer and must not be judged.
+        """
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
         questions = questions_of(batch)
         if self.decoding == "option_scoring":
             scores = score_options(m, batch["prompt"], questions, audio, self.option_scoring, side, ids=batch["id"])
-            return [{"response": s.choice, "option_scores": s.to_record()} for s in scores]
-        processors = build_logits_processors(
+            return [{"response": s.choice, "option_scores": s.to_record(), **({"error": s.error} if s.error else {})}
+                    for s in scores]
+        nonfinite = NonFiniteLogits(len(batch["prompt"]))
+        processors = [nonfinite, *build_logits_processors(
             self.processor_settings, m.tokenizer, batch["prompt"], self.generation.num_beams, self.device
-        )
+        )]
         if self.format_forcing is not None:
             processors.append(format_forcing_processor(m.tokenizer, questions, self.format_forcing))
         if self.decoding == "contrastive":
@@ -288,33 +326,126 @@ class SalmonnModule(L.LightningModule):
         n = self.generation.num_return_sequences
         texts = [m.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in result.sequences]
         # With several returned sequences the best one answers; the others are kept for inspection.
-        return [
+        answers = [
             {"response": texts[i * n], **({"alternatives": texts[i * n + 1 : (i + 1) * n]} if n > 1 else {})}
             for i in range(len(batch["prompt"]))
         ]
+        for i in nonfinite.items:
+            answers[i]["error"] = "non-finite logits (NaN or inf) while decoding: the model's output is not a number"
+        return answers
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.answer(batch)
         return [{"id": i, "prompt": p, **a} for i, p, a in zip(batch["id"], batch["prompt"], answers)]
 
     # -- test: SAKURA evaluation -----------------------------------------------------------------
+    def answer_fingerprint(self) -> dict:
+        """Everything that changes an answer, for ``run.json`` (:mod:`salmonn_pl.eval.fingerprint`):
+        the module's settings (model, decoding, processors, padding, ablation, LoRA scale; not where
+        results go nor the judge), a digest of every weight file or directory they name, the trainer's
+        precision, and the data module's settings (what is asked, and how the audio is prepared)."""
+        hparams = {k: v for k, v in self.hparams.items() if k not in NOT_ANSWER_SETTINGS and not k.startswith("_")}
+        settings = plain({k: getattr(self, _RESOLVED.get(k, k), v) for k, v in hparams.items()})
+        fingerprint = {"module": settings, "weights": weight_digests(plain(self.model_config))}
+        trainer = self._trainer
+        if trainer is not None:
+            fingerprint["precision"] = str(trainer.precision)
+            datamodule = getattr(trainer, "datamodule", None)
+            if datamodule is not None:
+                fingerprint["data"] = self._data_settings(datamodule)
+        return fingerprint
+
+    def _data_settings(self, datamodule) -> dict:
+        settings = dict(getattr(datamodule, "hparams", None) or {})
+        if not settings:  # a data module that does not save its hyperparameters: its __init__ arguments it keeps
+            names = [n for n in inspect.signature(type(datamodule).__init__).parameters if n != "self"]
+            settings = {n: getattr(datamodule, n) for n in names if hasattr(datamodule, n)}
+        ignored = set(NOT_ANSWER_DATA) | ({"batch_size"} if self.padding_side == "left" else set())
+        kept = {k: v for k, v in settings.items() if k not in ignored and not k.startswith("_")}
+        return {"class": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}", **plain(kept)}
+
+    def prepare_data(self) -> None:
+        # Before the config is saved and the model loaded: a run that must not start stops here.
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "test" or not trainer.is_global_zero:
+            return
+        self.output_lock.acquire()
+        judge = (self.judge or RuleJudge()).name
+        try:
+            check_run(self.output_dir, self.answer_fingerprint(), judge, has_predictions(self.output_dir))
+        except BaseException:
+            self.output_lock.release()
+            raise
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [ReleaseOutputDirLock()]
+
+    def teardown(self, stage: str) -> None:
+        self.output_lock.release()
+
     def on_test_start(self) -> None:
         from salmonn_pl.eval.evaluator import SakuraEvaluator
 
         self.evaluator = SakuraEvaluator(str(self.output_dir), judge=self.judge, run_name=self.run_name)
         self.evaluator.start(self.global_rank, self.trainer.world_size, self.device)
         self._t0, self._answered = time.perf_counter(), 0
+        if self.global_rank == 0:
+            self._log_resume()
+
+    def _log_resume(self) -> None:
+        done = self.evaluator.answered
+        if not done:
+            return
+        total = _dataset_size(self.trainer.test_dataloaders)
+        if total is not None and done >= total:
+            log.info(f"resumed: {done} of {total} questions already answered in {self.output_dir}; nothing to do; "
+                     f"use a new --model.output_dir (or delete {self.output_dir}) to start over")
+        else:
+            left = f"{total - done} left" if total is not None else "answering the rest"
+            log.info(f"resumed: {done} of {total if total is not None else '?'} questions already answered in "
+                     f"{self.output_dir}; {left}")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         todo = self.evaluator.pending(batch["id"], batch["meta"])
         if todo:
             sub = batch if len(todo) == len(batch["id"]) else select_rows(batch, todo)
-            answers = self.answer(sub)
-            metas = [{**meta, **{k: v for k, v in a.items() if k != "response"}} for meta, a in zip(sub["meta"], answers)]
-            self.evaluator.add(sub["id"], metas, [a["response"] for a in answers])
+            answers = self._answers_or_errors(sub)
+            errors = [a.get("error") for a in answers]
+            # Every question of the batch failed, about at least two different audios: that is the model
+            # or the settings, not a question (nor one bad clip); stop before storing errors that a
+            # re-run would take as done.
+            audios = {meta.get("audio_key") or i for i, meta in zip(sub["id"], sub["meta"])}
+            if all(errors) and len(audios) > 1:
+                raise BrokenRun(
+                    f"every question of test batch {batch_idx} failed ({len(errors)} rows, e.g. {sub['id'][0]}: "
+                    f"{errors[0]}); the model or the run's settings are broken, not a question"
+                )
+            metas = [{**meta, **{k: v for k, v in a.items() if k not in ("response", "error")}}
+                     for meta, a in zip(sub["meta"], answers)]
+            self.evaluator.add(sub["id"], metas, [a["response"] for a in answers], errors=errors)
             self._answered += len(todo)
         rate = self._answered / max(1e-9, time.perf_counter() - self._t0)
         self.log("questions_per_s", rate, prog_bar=True, batch_size=len(batch["id"]), on_step=True, on_epoch=False)
+
+    def _answers_or_errors(self, batch: dict) -> list[dict]:
+        """:meth:`answer`, with a question that makes answering fail handled by the data's
+        ``on_error`` policy: ``skip`` records it as an error (reason and id) and goes on, ``raise``
+        stops with an error naming it. A failing batch is answered again row by row to find the
+        failing question."""
+        try:
+            return self.answer(batch)
+        except torch.cuda.OutOfMemoryError:
+            raise  # the batch, not a question
+        except Exception as err:
+            if len(batch["id"]) > 1:
+                return [a for i in range(len(batch["id"])) for a in self._answers_or_errors(select_rows(batch, [i]))]
+            question = f"{batch['id'][0]} (variant {batch['meta'][0].get('variant')})"
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if getattr(datamodule, "on_error", "raise") != "skip":
+                raise QuestionFailed(f"question {question}: {type(err).__name__}: {err} "
+                                     "(data on_error: skip records it as an error and goes on)") from err
+            log.warning(f"skipped question {question}: {type(err).__name__}: {err}")
+            return [{"response": "", "error": f"{type(err).__name__}: {err}"}]
 
     def on_test_epoch_end(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -323,6 +454,28 @@ class SalmonnModule(L.LightningModule):
         # Every rank holds the same gathered counts: syncing them changes no value, and without it
         # Lightning warns once per metric key under DDP.
         self.log_dict(self.evaluator.log_dict(counts), sync_dist=True)
+        errors = sum(c.errors for c in counts)
+        if errors and not any(c.questions for c in counts):
+            raise BrokenRun(f"none of the {errors} questions got an answer (every one is an error, listed in "
+                            f"{self.output_dir / 'metrics.json'}); the model or the run's settings are broken")
+
+
+class ReleaseOutputDirLock(L.Callback):
+    """Releases the output directory's lock when a test run fails (Lightning calls no module hook
+    then), so that a re-run in the same process can take it; the OS releases it when a process ends."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        lock = getattr(pl_module, "output_lock", None)
+        if lock is not None:
+            lock.release()
+
+
+def _dataset_size(dataloaders) -> int | None:
+    loader = dataloaders[0] if isinstance(dataloaders, (list, tuple)) and dataloaders else dataloaders
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return None
 
 
 def check_module_arguments(lora_scale: float = 1.0) -> None:

@@ -108,3 +108,39 @@ class FailAfterBatches(L.Callback):
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx + 1 >= self.batches:
             raise RuntimeError(f"injected failure after {self.batches} test batches")
+
+
+class NaNAudioTokens(L.Callback):
+    """Makes the audio tokens of one clip (``file``) NaN: the model's output is NaN for that clip's
+    questions only, as when a broken input or layer poisons one row."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        encode, file = pl_module.encode, self.file
+
+        def encode_with_nan(batch, ablation=None):
+            tokens = encode(batch, ablation).clone()  # never poison the tokens carried to the next batch
+            rows = [i for i, meta in enumerate(batch["meta"]) if meta["file"] == file]
+            tokens[rows] = float("nan")
+            return tokens
+
+        pl_module.encode = encode_with_nan
+
+
+class NaNWeights(L.Callback):
+    """Sets the LLM's input embeddings to NaN: a model whose every output is NaN."""
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        pl_module.salmonn.llm.get_input_embeddings().weight.data.fill_(float("nan"))
+
+
+def strict_prediction_lines(output_dir: Path) -> list[dict]:
+    """Like :func:`prediction_lines`, failing on anything that is not strict JSON (bare NaN/Infinity)."""
+
+    def reject(constant: str):
+        raise AssertionError(f"predictions.jsonl holds a bare {constant}")
+
+    path = output_dir / "predictions.jsonl"
+    return [json.loads(line, parse_constant=reject) for line in path.read_text().splitlines() if line.strip()]

@@ -298,6 +298,9 @@ class SakuraDataModule(L.LightningDataModule):
         self.on_error = on_error
         self.channel = channel
         self.layout = layout
+        # Kept for the run fingerprint (salmonn_pl.eval.fingerprint): both change the answers.
+        self.feature_dtype = feature_dtype
+        self.max_audio_seconds = max_audio_seconds
         self.collator = SpeechCollator(feature_dtype=getattr(torch, feature_dtype), max_seconds=max_audio_seconds)
         self.questions: list[SakuraQuestion] = []
         self.distractor_questions: list[SakuraQuestion] = []

@@ -21,7 +21,6 @@ batch as it comes (a crash loses at most the batch in flight), and at the end wr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,16 @@ from typing import Any
 from lightning.pytorch.loggers import WandbLogger
 
 from salmonn_pl.eval.judge_rule import Judge, JudgeItem, RuleJudge
-from salmonn_pl.eval.metrics import SakuraAccuracy, SliceCounts, flat_metrics, metrics_document
+from salmonn_pl.eval.files import write_json_atomic
+from salmonn_pl.eval.metrics import (
+    ERROR,
+    SakuraAccuracy,
+    SliceCounts,
+    error_entries,
+    flat_metrics,
+    is_error,
+    metrics_document,
+)
 from salmonn_pl.eval.predictions import (
     PREDICTIONS_FILE,
     SAKURA_RESULTS_DIR,
@@ -44,17 +52,28 @@ from salmonn_pl.eval.report import METRICS_FILE, POSITION_PLOT, Run, log_to_wand
 
 
 def judge_records(judge: Judge, records: Sequence[Mapping[str, Any]]) -> list[Record]:
-    """Copies of the records with ``judgement``, ``judge_explanation`` and ``judge`` filled in."""
+    """Copies of the records with ``judgement``, ``judge_explanation`` and ``judge`` filled in.
+
+    Error records (``judgement: "error"``: the model gave no answer, see :func:`make_error_record`)
+    are never judged: they are returned as they are, so no judge turns a broken output into a verdict.
+    """
+    todo = [i for i, r in enumerate(records) if not is_error(r)]
     items = [
         # The golden answer in the release's spelling: SakuraJudge's prompt then matches the release's.
         JudgeItem(r["instruction"], sakura_label(r), r["response"], (r.get("meta") or {}).get("original_instruction"))
-        for r in records
+        for r in (records[i] for i in todo)
     ]
-    judged = []
-    for record, judgement in zip(records, judge.judge_many(items)):
-        judged.append({**record, "judgement": judgement.verdict, "judge_explanation": judgement.explanation,
-                       "judge": judgement.judge})
+    judged = [dict(r) for r in records]
+    for i, judgement in zip(todo, judge.judge_many(items)):
+        judged[i].update(judgement=judgement.verdict, judge_explanation=judgement.explanation, judge=judgement.judge)
     return judged
+
+
+def make_error_record(example_id: str, meta: Mapping[str, Any], error: str, response: str = "") -> Record:
+    """A record for a question the model could not answer: ``judgement: "error"`` with the reason in
+    ``error``. It is stored (a resumed run does not ask again), listed in ``metrics.json`` and never
+    judged or counted in the accuracy."""
+    return {**make_record(example_id, meta, response), "judgement": ERROR, "judge_explanation": None, "error": error}
 
 
 def _wandb_targets(logger: Any) -> list[Any]:
@@ -79,9 +98,10 @@ def write_run_outputs(
     output_dir = Path(output_dir)
     run = Run(run_name or output_dir.name, list(records), skipped=list(skipped))
     document = metrics_document(run.counts, run.name, ",".join(run.judges) or None,
-                                predictions=PREDICTIONS_FILE, skipped=list(skipped))
-    (output_dir / METRICS_FILE).write_text(json.dumps(document, indent=2, ensure_ascii=False, default=str) + "\n")
-    write_sakura_results(records, output_dir / SAKURA_RESULTS_DIR, model_name)
+                                predictions=PREDICTIONS_FILE, skipped=list(skipped), errors=error_entries(records))
+    write_json_atomic(output_dir / METRICS_FILE, document)
+    # Error records hold no answer: the benchmark's judge script would count them as wrong answers.
+    write_sakura_results([r for r in records if not is_error(r)], output_dir / SAKURA_RESULTS_DIR, model_name)
     write_report([run], output_dir)
     plot = output_dir / POSITION_PLOT
     for target in _wandb_targets(logger):
@@ -127,6 +147,11 @@ class SakuraEvaluator:
         self.metric = SakuraAccuracy().to(device)
         self.metric.update(self.store.records)
 
+    @property
+    def answered(self) -> int:
+        """Questions this process knows to be answered (on disk when started, plus its own)."""
+        return len(self._require_start().records)
+
     def _require_start(self) -> PredictionStore:
         if self.store is None:
             raise RuntimeError("SakuraEvaluator.start() must be called before the first batch")
@@ -137,13 +162,19 @@ class SakuraEvaluator:
         return self._require_start().pending([example_key(example_id, meta) for example_id, meta in zip(ids, metas)])
 
     def add(self, ids: Sequence[str], metas: Sequence[Mapping[str, Any]], responses: Sequence[str],
-            answers: Sequence[str] | None = None) -> list[Record]:
-        """Judge, store (durably) and count a batch of answers; returns the judged records."""
+            answers: Sequence[str] | None = None, errors: Sequence[str | None] | None = None) -> list[Record]:
+        """Judge, store (durably) and count a batch of answers; returns the judged records.
+
+        ``errors[i]``, when set, says why row ``i`` has no answer: it is stored as an error record
+        (never judged, not counted in the accuracy, listed in ``metrics.json``).
+        """
         store = self._require_start()
         if not len(ids) == len(metas) == len(responses):
             raise ValueError(f"add: {len(ids)} ids, {len(metas)} metas and {len(responses)} responses")
+        errors = errors if errors is not None else [None] * len(ids)
         records = [
-            make_record(example_id, meta, response, None if answers is None else answers[i])
+            make_error_record(example_id, meta, errors[i], response) if errors[i] is not None
+            else make_record(example_id, meta, response, None if answers is None else answers[i])
             for i, (example_id, meta, response) in enumerate(zip(ids, metas, responses))
         ]
         judged = judge_records(self.judge, records)

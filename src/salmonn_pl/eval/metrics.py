@@ -1,7 +1,9 @@
 """Per-slice SAKURA accuracy (track x hop x variant), DDP-correct, plus the study's derived figures.
 
 Accuracy is ``correct / questions`` in percent; ``unjudged`` answers stay in the denominator as not
-correct and are counted separately. Every figure is computed from deduplicated records, so the
+correct and are counted separately. Questions the model could not answer (``judgement: "error"``:
+non-finite scores or logits, or a per-question failure under ``on_error: skip``) were never judged:
+they are counted as ``errors`` and listed, and are not among the ``questions`` accuracy divides by. Every figure is computed from deduplicated records, so the
 same numbers come from the live metric (:class:`SakuraAccuracy`, synchronised across ranks by
 torchmetrics) and from a ``predictions.jsonl`` alone (:func:`count_slices`).
 """
@@ -26,7 +28,9 @@ AVERAGE = "average"
 # SALMONN's accuracies as published with the SAKURA benchmark, in COLUMNS order.
 PUBLISHED_SALMONN = dict(zip(COLUMNS, (34.6, 68.6, 28.2, 19.8, 48.6, 59.8, 29.6, 21.8)))
 
-OUTCOMES = ("incorrect", "correct", "unjudged")
+# "error": no answer to judge (see the module docstring); appended so that stored indices keep their meaning.
+OUTCOMES = ("incorrect", "correct", "unjudged", "error")
+ERROR = "error"
 
 
 class SliceKey(NamedTuple):
@@ -47,6 +51,7 @@ class SliceCounts(NamedTuple):
     correct: int
     incorrect: int
     unjudged: int
+    errors: int = 0  # not among ``questions``
 
     @property
     def accuracy(self) -> float:
@@ -55,12 +60,22 @@ class SliceCounts(NamedTuple):
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.key._asdict(), "column": self.key.column, "questions": self.questions, "correct": self.correct,
-                "incorrect": self.incorrect, "unjudged": self.unjudged, "accuracy": self.accuracy}
+                "incorrect": self.incorrect, "unjudged": self.unjudged, "errors": self.errors, "accuracy": self.accuracy}
 
 
 def _outcome(record: Mapping[str, Any]) -> str:
     judgement = record.get("judgement")
-    return judgement if judgement in ("correct", "incorrect") else "unjudged"
+    return judgement if judgement in ("correct", "incorrect", ERROR) else "unjudged"
+
+
+def is_error(record: Mapping[str, Any]) -> bool:
+    """Whether the record holds no answer to judge (``judgement: "error"``, reason in ``error``)."""
+    return record.get("judgement") == ERROR
+
+
+def error_entries(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``{"id", "variant", "error"}`` of every error record (deduplicated), for ``metrics.json``."""
+    return [{"id": r["id"], "variant": r["variant"], "error": r.get("error")} for r in dedupe(records) if is_error(r)]
 
 
 def _counts_from(outcomes: Iterable[tuple[SliceKey, str]]) -> list[SliceCounts]:
@@ -68,7 +83,8 @@ def _counts_from(outcomes: Iterable[tuple[SliceKey, str]]) -> list[SliceCounts]:
     for key, outcome in outcomes:
         tally.setdefault(key, dict.fromkeys(OUTCOMES, 0))[outcome] += 1
     return [
-        SliceCounts(key, sum(t.values()), t["correct"], t["incorrect"], t["unjudged"])
+        SliceCounts(key, t["correct"] + t["incorrect"] + t["unjudged"], t["correct"], t["incorrect"], t["unjudged"],
+                    t[ERROR])
         for key, t in sorted(tally.items(), key=lambda kv: _slice_order(kv[0]))
     ]
 
@@ -146,6 +162,7 @@ def overall(counts: Sequence[SliceCounts]) -> dict[str, float | int]:
         "correct": correct,
         "incorrect": sum(c.incorrect for c in counts),
         "unjudged": sum(c.unjudged for c in counts),
+        "errors": sum(c.errors for c in counts),
         "accuracy": 100.0 * correct / questions if questions else float("nan"),
     }
 
@@ -175,6 +192,7 @@ def flat_metrics(counts: Sequence[SliceCounts], prefix: str = "test") -> dict[st
     flat[f"{prefix}/acc"] = float(summary["accuracy"])
     flat[f"{prefix}/unjudged"] = float(summary["unjudged"])
     flat[f"{prefix}/questions"] = float(summary["questions"])
+    flat[f"{prefix}/errors"] = float(summary["errors"])
     return flat
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from salmonn_pl.eval.files import atomic_open, dumps_strict, write_text_atomic
+
 PREDICTIONS_FILE = "predictions.jsonl"
 SAKURA_RESULTS_DIR = "sakura_results"
 _SHARD_GLOB = "predictions.rank*.jsonl"
@@ -144,19 +146,15 @@ def read_jsonl(path: str | Path, repair: bool = False) -> list[Record]:
 
 
 def _dumps(record: Mapping[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False, sort_keys=False)
+    # Strict JSON: a NaN score (a broken model) is written as null, never as a bare NaN.
+    return dumps_strict(record, ensure_ascii=False, sort_keys=False)
 
 
 def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Replace ``path`` atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for record in records:
             f.write(_dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def dedupe(records: Iterable[Mapping[str, Any]]) -> list[Record]:
@@ -299,6 +297,12 @@ def write_sakura_results(records: Iterable[Mapping[str, Any]], output_dir: str |
         path = Path(output_dir) / _safe_name(variant) / f"{track}_{_safe_name(model_name)}_{hop}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         document = {"attribute": track.lower(), "type": hop, "results": results}
-        path.write_text(json.dumps(document, indent=4, ensure_ascii=False), encoding="utf-8")
+        write_text_atomic(path, dumps_strict(document, indent=4, ensure_ascii=False))
         written.append(path)
     return written
+
+
+def has_predictions(output_dir: str | Path) -> bool:
+    """Whether ``output_dir`` holds any stored answer (``predictions.jsonl`` or a rank shard, not empty)."""
+    output_dir = Path(output_dir)
+    return any(f.exists() and f.stat().st_size > 0 for f in [output_dir / PREDICTIONS_FILE, *_shards(output_dir)])

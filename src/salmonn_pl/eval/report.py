@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from salmonn_pl.eval.files import atomic_open, write_text_atomic
 from salmonn_pl.eval.metrics import (
     AVERAGE,
     PUBLISHED_SALMONN,
@@ -182,6 +183,11 @@ def render_report(
     summary_rows = [(run.name, overall(run.counts)) for run in runs]
     lines += ["", "## Questions", ""]
     lines += _table("run", summary_rows, ("questions", "correct", "incorrect", "unjudged", "accuracy"))
+    for name, summary in summary_rows:
+        if summary["errors"]:
+            lines += ["", (f"{name}: {summary['errors']} more questions got no answer (non-finite model output or a "
+                           "failed question, listed under `errors` in metrics.json); they are not judged and not "
+                           "among the questions above.")]
 
     unjudged_rows = [(_row_label(run, v, runs), row) for run in runs for v, row in unjudged_table(run.counts).items()
                      if any(row.values())]
@@ -301,7 +307,8 @@ def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None
     figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
     figure.suptitle("SAKURA accuracy vs information position")
     path = Path(path)
-    figure.savefig(path, dpi=110)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, dpi=110, format="png")
     return path
 
 
@@ -320,7 +327,7 @@ def write_report(
     text = render_report(runs, baseline, baseline_variant, text_only_run, text_only_ablation,
                          plots=[plot.name] if plot else [])
     path = output_dir / REPORT_FILE
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return path
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from salmonn_pl.data.annotations import ParsedQuestion, option_letter, parse_question
+from salmonn_pl.eval.files import finite_json
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
 from salmonn_pl.settings_check import at_least, require
 
@@ -51,11 +52,15 @@ class OptionScores:
     audio_loglik: list[float]  # (length-normalised) log-likelihood with audio, averaged over orders
     text_loglik: list[float] | None  # the same without audio, when calibrating
     ranking: list[int]  # option positions, best first
-    choice: str  # the best option as a SAKURA answer, "(c) dog"
+    choice: str  # the best option as a SAKURA answer, "(c) dog"; "" when ``error`` is set
+    # Set when a likelihood was NaN or infinite (a broken model): then nothing was chosen, since
+    # ranking NaNs would pick "(a)" and could be judged correct.
+    error: str | None = None
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready fields for a predictions file."""
         labels = [f"({option_letter(i)}) {text}" for i, text in enumerate(self.options)]
+        # Non-finite scores stay in the record as None (strict JSON), next to the error.
         record: dict[str, Any] = {
             "choice": self.choice,
             "option_scores": dict(zip(labels, self.scores)),
@@ -63,7 +68,9 @@ class OptionScores:
         }
         if self.text_loglik is not None:
             record["option_loglik_text"] = dict(zip(labels, self.text_loglik))
-        return record
+        if self.error is not None:
+            record["error"] = self.error
+        return finite_json(record)
 
 
 @dataclass
@@ -114,8 +121,8 @@ def score_options(
         audio = _to_original_order(audio_loglik[index], options_of_rows)
         text = _to_original_order(text_loglik[index], options_of_rows) if text_loglik is not None else None
         scores = _calibrate(audio, text, settings.calibration).mean(dim=0)
-        ranking = sorted(range(k), key=lambda i: -scores[i].item())  # stable: ties keep option order
-        best = ranking[0]
+        error = _non_finite(audio, text, scores)
+        ranking = [] if error else sorted(range(k), key=lambda i: -scores[i].item())  # stable: ties keep option order
         results.append(
             OptionScores(
                 options=list(question.options),
@@ -123,10 +130,20 @@ def score_options(
                 audio_loglik=audio.mean(dim=0).tolist(),
                 text_loglik=text.mean(dim=0).tolist() if text is not None else None,
                 ranking=ranking,
-                choice=f"({option_letter(best)}) {question.options[best]}",
+                choice="" if error else f"({option_letter(ranking[0])}) {question.options[ranking[0]]}",
+                error=error,
             )
         )
     return results
+
+
+def _non_finite(audio: torch.Tensor, text: torch.Tensor | None, scores: torch.Tensor) -> str | None:
+    """Why a question's option scores cannot rank its options (NaN or infinite values), or None."""
+    for name, values in (("log-likelihoods with audio", audio), ("text-only log-likelihoods", text),
+                         ("scores", scores)):
+        if values is not None and not torch.isfinite(values).all():
+            return f"non-finite option {name} (NaN or inf): the model's output is not a number"
+    return None
 
 
 def _check(settings: OptionScoringSettings) -> None:
