@@ -45,7 +45,7 @@ def test_matches_golden_input_features_one_by_one_and_batched(golden: Golden, dt
 def test_matches_transformers_extractor_on_edge_lengths(golden: Golden):
     """Lengths around every shortcut: tiny, one hop, 30 s exactly, beyond 30 s, samples past `lengths`."""
     torch.set_num_threads(1)
-    extractor = WhisperFeatureExtractor.from_pretrained(golden.path / "whisper")
+    extractor = WhisperFeatureExtractor.from_pretrained(golden.file("whisper_path"))
     rng = np.random.default_rng(0)
     lengths = [1, 150, 161, 400, 16_000, 83_333, 479_799, 479_800, 479_999, 480_000, 500_000]
     wavs = [rng.uniform(-0.3, 0.3, n) * np.hanning(n + 2)[1:-1] for n in lengths]
@@ -72,7 +72,7 @@ def test_float32_stays_close_to_float64_on_real_speech():
 
 def test_faster_than_transformers_extractor(golden: Golden):
     torch.set_num_threads(1)
-    extractor = WhisperFeatureExtractor.from_pretrained(golden.path / "whisper")
+    extractor = WhisperFeatureExtractor.from_pretrained(golden.file("whisper_path"))
     rng = np.random.default_rng(0)
     wavs = [rng.uniform(-0.3, 0.3, int(rng.uniform(2, 8) * 16_000)) for _ in range(8)]
     batch, lengths = _stack(wavs)
@@ -156,7 +156,7 @@ def test_zero_runs_equal_the_plain_computation(case: str):
 def test_zero_padded_sakura_clips_match_transformers(golden: Golden):
     """A clip padded to 30 s with zeros after, around or before it (the study's pad variants)."""
     torch.set_num_threads(1)
-    extractor = WhisperFeatureExtractor.from_pretrained(golden.path / "whisper")
+    extractor = WhisperFeatureExtractor.from_pretrained(golden.file("whisper_path"))
     wav = _golden_wavs(golden)[0]
     padded = [pad_to_duration(wav, 30.0, "zero", position).wav for position in ("early", "middle", "late")]
     ours = whisper_log_mel(*_stack(padded))

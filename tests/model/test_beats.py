@@ -57,7 +57,7 @@ def tiny_config(**overrides) -> BEATsConfig:
 
 
 def test_state_dict_matches_official_checkpoint(golden: Golden):
-    checkpoint = torch.load(golden.path / "beats.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(golden.require_beats(), map_location="cpu", weights_only=True)
     model = BEATs(BEATsConfig.from_dict(checkpoint["cfg"]))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     official = {k: tuple(v.shape) for k, v in checkpoint["model"].items()}
@@ -72,7 +72,7 @@ def test_state_dict_matches_official_checkpoint(golden: Golden):
 
 
 def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+    model = BEATs.from_checkpoint(golden.require_beats())
     for i, wav in enumerate(golden_wavs(golden)):
         features, mask = model.extract_features(wav[None], torch.zeros(1, len(wav), dtype=torch.bool))
         assert_close(features, golden[f"wav{i}.beats_features"], f"wav{i}.beats_features")
@@ -81,7 +81,7 @@ def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad_single_
 
 
 def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+    model = BEATs.from_checkpoint(golden.require_beats())
     batch, _, padding_mask = right_padded(golden_wavs(golden))
     assert_close(padding_mask.sum(1), golden["batch.padding_mask_num_true"], "batch.padding_mask_num_true")
     features, mask = model.extract_features(batch, padding_mask)
@@ -93,7 +93,7 @@ def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_gra
 
 
 def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+    model = BEATs.from_checkpoint(golden.require_beats())
     wavs = golden_wavs(golden)
     batch, lengths, _ = right_padded(wavs)
     features, mask = model.extract_features_per_clip(batch, lengths)
@@ -112,7 +112,7 @@ def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad_single_threa
 
 
 def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+    model = BEATs.from_checkpoint(golden.require_beats())
     wav = golden_wavs(golden)[1]
     short = wav[:1000]  # 4 fbank frames: not one whole 16-frame patch
     batch, lengths, _ = right_padded([wav, short])
@@ -123,7 +123,7 @@ def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad_single_t
 
 
 def test_predictor_returns_class_probabilities(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+    model = BEATs.from_checkpoint(golden.require_beats())
     classes = model.config.predictor_class
     batch, _, padding_mask = right_padded(golden_wavs(golden))
     probabilities, _ = model.extract_features(batch, padding_mask, feature_only=False)
@@ -138,14 +138,14 @@ def test_predictor_returns_class_probabilities(golden: Golden, no_grad_single_th
 
 
 def test_checkpoint_errors_name_the_file(golden: Golden, tmp_path: Path):
-    checkpoint = torch.load(golden.path / "beats.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(golden.require_beats(), map_location="cpu", weights_only=True)
 
     tolerated = tmp_path / "unknown_key.pt"
     torch.save({"cfg": checkpoint["cfg"] | {"some_future_option": 3}, "model": checkpoint["model"]}, tolerated)
     assert BEATs.from_checkpoint(tolerated).config.extra == {"some_future_option": 3}
 
     wrong_width = tmp_path / "wrong_width.pt"
-    torch.save({"cfg": checkpoint["cfg"] | {"encoder_embed_dim": 64}, "model": checkpoint["model"]}, wrong_width)
+    torch.save({"cfg": checkpoint["cfg"] | {"encoder_embed_dim": 2 * checkpoint["cfg"]["encoder_embed_dim"]}, "model": checkpoint["model"]}, wrong_width)
     with pytest.raises(ValueError, match="(?s)wrong_width.pt.*do not match") as error:
         BEATs.from_checkpoint(wrong_width)
     assert "size mismatch" in str(error.value)
@@ -201,7 +201,7 @@ def test_layer_wise_gradient_decay_scales_lower_gradients():
 
 
 def test_bfloat16_autocast_stays_close_to_float32(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+    model = BEATs.from_checkpoint(golden.require_beats())
     wav = golden_wavs(golden)[1].float()[None]
     reference, _ = model.extract_features(wav)
     with torch.autocast("cpu", dtype=torch.bfloat16):
