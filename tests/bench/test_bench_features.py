@@ -16,7 +16,6 @@ bench = load_script("bench_features", "features.py")
 
 @needs_mini
 def test_toy_run_measures_every_method_and_replaces_its_results_section(tmp_path):
-    torch.set_num_threads(1)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\nHow figures are made.\n\n## features\n\nstale figures\n\n## other\n\nkept\n")
     clips, workers, repeats = 10, [0, 1], 2  # 10 clips in batches of 4: the last batch is ragged
@@ -49,7 +48,6 @@ def test_toy_run_measures_every_method_and_replaces_its_results_section(tmp_path
 @needs_mini
 def test_data_path_collators_agree_with_each_other():
     """The data-path comparison is fair only if (a) and (b) deliver the same spectrograms."""
-    torch.set_num_threads(1)
     from transformers import WhisperFeatureExtractor
 
     from salmonn_pl.data.datamodule import SakuraDataModule

@@ -19,7 +19,6 @@ TOY = bench.SHAPES["toy"]
 
 
 def test_toy_run_measures_every_configuration_and_replaces_its_results_section(tmp_path):
-    torch.set_num_threads(1)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\n## features\n\nkept\n\n## gpu\n\nstale figures\n")
     batch_sizes, beams, new_tokens = [1, 2], 4, 3

@@ -246,7 +246,6 @@ def test_tiny_model_encodes_long_examples_as_thirty_second_chunks(tiny_config):
     from salmonn_pl.generation.decode import GenerationSettings
     from salmonn_pl.model.salmonn import Salmonn
 
-    torch.set_num_threads(1)
     model = Salmonn(dataclasses.replace(tiny_config, max_audio_seconds=120)).eval()
     variants = [
         Variant(long_audio_seconds=60, long_audio_position="middle"),

@@ -156,7 +156,6 @@ def test_annotations_hold_one_item_per_clip_and_hop(task):
 
 
 def test_annotation_datamodule_batches_the_synthetic_task(task):
-    torch.set_num_threads(1)
     module = AnnotationDataModule(
         train_annotation=str(task.train_annotation),
         val_annotation=str(task.val_annotation),

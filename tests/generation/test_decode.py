@@ -27,15 +27,6 @@ GREEDY = GenerationSettings(max_new_tokens=10, num_beams=1)
 BEAM4 = GenerationSettings(max_new_tokens=10, num_beams=4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The golden tensors were computed single-threaded; near-tied argmaxes must not move.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @functools.cache
 def _golden_llm_cached(path):
     golden = Golden(path)

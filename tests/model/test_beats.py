@@ -32,12 +32,9 @@ def right_padded(wavs: list[torch.Tensor], extra: int = 0, fill: torch.Generator
 
 
 @pytest.fixture
-def no_grad_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_grad():
     with torch.no_grad():
         yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides) -> BEATsConfig:
@@ -71,7 +68,7 @@ def test_state_dict_matches_official_checkpoint(golden: Golden):
     assert "encoder.layers.1.self_attn.relative_attention_bias.weight" not in names
 
 
-def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad_single_thread):
+def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad):
     model = BEATs.from_checkpoint(golden.require_beats())
     for i, wav in enumerate(golden_wavs(golden)):
         features, mask = model.extract_features(wav[None], torch.zeros(1, len(wav), dtype=torch.bool))
@@ -80,7 +77,7 @@ def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad_single_
         assert features.shape[1] == golden.variant["wavs"][golden.wavs[i]["name"]]["beats_tokens"]
 
 
-def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_grad_single_thread):
+def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_grad):
     model = BEATs.from_checkpoint(golden.require_beats())
     batch, _, padding_mask = right_padded(golden_wavs(golden))
     assert_close(padding_mask.sum(1), golden["batch.padding_mask_num_true"], "batch.padding_mask_num_true")
@@ -92,7 +89,7 @@ def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_gra
         assert int((~mask[i]).sum()) == expected, wav["name"]
 
 
-def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad_single_thread):
+def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad):
     model = BEATs.from_checkpoint(golden.require_beats())
     wavs = golden_wavs(golden)
     batch, lengths, _ = right_padded(wavs)
@@ -111,7 +108,7 @@ def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad_single_threa
     assert_close(noisy_features * valid, features * valid, "per-clip features with noisy padding", atol=1e-5)
 
 
-def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad_single_thread):
+def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad):
     model = BEATs.from_checkpoint(golden.require_beats())
     wav = golden_wavs(golden)[1]
     short = wav[:1000]  # 4 fbank frames: not one whole 16-frame patch
@@ -122,7 +119,7 @@ def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad_single_t
     assert_close(features[0], golden["wav1.beats_features"][0], "clip next to a token-less clip")
 
 
-def test_predictor_returns_class_probabilities(golden: Golden, no_grad_single_thread):
+def test_predictor_returns_class_probabilities(golden: Golden, no_grad):
     model = BEATs.from_checkpoint(golden.require_beats())
     classes = model.config.predictor_class
     batch, _, padding_mask = right_padded(golden_wavs(golden))
@@ -164,7 +161,7 @@ def test_checkpoint_errors_name_the_file(golden: Golden, tmp_path: Path):
         BEATs.from_checkpoint(tmp_path / "missing.pt")
 
 
-def test_other_architecture_options_stay_batch_invariant(no_grad_single_thread):
+def test_other_architecture_options_stay_batch_invariant(no_grad):
     """Pre-LN, GLU feed-forward, no relative bias, no post-extract projection: still one clip = one batch row."""
     torch.manual_seed(0)
     config = tiny_config(layer_norm_first=True, activation_fn="glu", relative_position_embedding=False)
@@ -200,7 +197,7 @@ def test_layer_wise_gradient_decay_scales_lower_gradients():
     assert_close(decayed.patch_embedding.weight.grad, plain.patch_embedding.weight.grad * 0.25, "patches", atol=1e-6)
 
 
-def test_bfloat16_autocast_stays_close_to_float32(golden: Golden, no_grad_single_thread):
+def test_bfloat16_autocast_stays_close_to_float32(golden: Golden, no_grad):
     model = BEATs.from_checkpoint(golden.require_beats())
     wav = golden_wavs(golden)[1].float()[None]
     reference, _ = model.extract_features(wav)

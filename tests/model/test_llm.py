@@ -16,15 +16,6 @@ from salmonn_pl.model.llm import (
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The golden tensors were computed single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _official_state(golden: Golden) -> dict[str, torch.Tensor]:
     return torch.load(golden.file("ckpt"), map_location="cpu", weights_only=True)["model"]
 

@@ -30,14 +30,6 @@ TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 GREEDY = GenerationSettings(max_new_tokens=4, num_beams=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _example(i: int, seconds: float, question: str, answer: str, **meta) -> dict:
     rng = np.random.default_rng(i)
     return {

@@ -23,7 +23,6 @@ LIMIT = 6  # clips per hop: 12 questions in batches of 4
 @pytest.fixture(scope="module")
 def runs(tiny_files, tmp_path_factory):
     """Output directories of the same questions run at batch size 1 and 4, left and right padded."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("batch-invariance")
     out = {}
     for side, batch_size in (("left", 1), ("left", 4), ("right", 1), ("right", 4)):

@@ -4,7 +4,6 @@ answers exactly as encoding every row on its own does."""
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from cli_runs import responses, run_test, write_config
 from golden import SAKURA_MINI
@@ -38,7 +37,6 @@ def _encode_row_by_row(self: SalmonnModule, batch: dict, ablation=None):
 
 @pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
 def test_shared_encoding_gives_the_answers_of_row_by_row_encoding(tiny_files, tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     whisper_rows = []
     forward = WhisperEncoder.forward
 

@@ -73,7 +73,6 @@ def test_seeded_rng_repeats_dropout_and_leaves_the_global_stream_alone():
 
 @pytest.mark.slow
 def test_resumed_fit_matches_uninterrupted_fit(tiny_files, synthetic_task, tmp_path):
-    torch.set_num_threads(1)
     objectives = {"prior_contrast_weight": 0.5, "prior_contrast_kind": "margin"}
 
     straight = write_fit_config(tmp_path / "straight.yaml", tiny_files, synthetic_task, tmp_path / "straight", TOTAL,
