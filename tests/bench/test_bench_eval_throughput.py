@@ -14,6 +14,7 @@ from golden import REPO_ROOT, SAKURA_MINI
 bench = load_script("bench_eval_throughput", "eval_throughput.py")
 
 
+@pytest.mark.slow
 @needs_mini
 def test_toy_run_times_every_stage_and_batched_runs_answer_like_the_per_sample_loop(tmp_path):
     results = tmp_path / "RESULTS.md"

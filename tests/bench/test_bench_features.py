@@ -14,6 +14,7 @@ import common  # noqa: E402,I001  (on sys.path once bench_scripts is imported)
 bench = load_script("bench_features", "features.py")
 
 
+@pytest.mark.slow
 @needs_mini
 def test_toy_run_measures_every_method_and_replaces_its_results_section(tmp_path):
     results = tmp_path / "RESULTS.md"

@@ -7,6 +7,7 @@ Correctness only: no figure is asserted, since CI machines differ in speed.
 import dataclasses
 import math
 
+import pytest
 import torch
 from bench_scripts import load_script
 
@@ -18,6 +19,7 @@ from salmonn_pl.model.salmonn import Salmonn  # noqa: E402
 TOY = bench.SHAPES["toy"]
 
 
+@pytest.mark.slow
 def test_toy_run_measures_every_configuration_and_replaces_its_results_section(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\n## features\n\nkept\n\n## gpu\n\nstale figures\n")

@@ -89,6 +89,7 @@ def test_reproducible_by_clip_and_independent_of_pool_order():
     assert [s.id for s in other_seed.distractors] != [s.id for s in placement.distractors]
 
 
+@pytest.mark.slow
 def test_draw_does_not_depend_on_python_hash_randomisation():
     code = (
         "import numpy as np\n"

@@ -285,6 +285,7 @@ class _Recorder:
         self.logged.append(payload)
 
 
+@pytest.mark.slow
 def test_run_over_sakura_mini(tiny_files, tmp_path):
     if not SAKURA_MINI.is_dir():
         pytest.skip(f"{SAKURA_MINI} is not available")

@@ -17,6 +17,8 @@ from salmonn_pl.cli import build_cli
 from salmonn_pl.generation.decode import CachedLM
 from salmonn_pl.lit_module import select_rows
 
+pytestmark = pytest.mark.slow  # every test reads the runs of one module fixture (4 CLI runs)
+
 LIMIT = 6  # clips per hop: 12 questions in batches of 4
 
 

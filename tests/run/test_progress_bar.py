@@ -2,6 +2,7 @@
 
 import re
 
+import pytest
 from cli_runs import run_test, write_config
 
 # One frame of the bar, e.g. "Testing ━━━╺━━━ 2/6 elapsed 0:00:01 • ETA 0:00:03 1.21 batches/s questions_per_s: 2.418"
@@ -12,6 +13,7 @@ FRAME = re.compile(
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+@pytest.mark.slow
 def test_questions_per_second_and_eta_are_shown(tiny_files, tmp_path, capsys):
     bar = {"class_path": "salmonn_pl.callbacks.QuestionProgressBar",
            # A terminal as wide as a real one, even though pytest captures the output; redrawn 20

@@ -36,6 +36,7 @@ def _assert_same_results(resumed, reference) -> None:
     assert metrics(resumed) == metrics(reference)
 
 
+@pytest.mark.slow
 def test_resume_after_an_exception(tiny_files, tmp_path, uninterrupted):
     out = tmp_path / "out"
     crash = {"class_path": "cli_runs.FailAfterBatches", "init_args": {"batches": 2}}

@@ -35,6 +35,7 @@ def _encode_row_by_row(self: SalmonnModule, batch: dict, ablation=None):
     return self.salmonn.encode_audio_per_ablation(*audio, self.row_ablations(batch, ablation))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
 def test_shared_encoding_gives_the_answers_of_row_by_row_encoding(tiny_files, tmp_path, monkeypatch):
     whisper_rows = []
