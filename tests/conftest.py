@@ -1,12 +1,7 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from golden import golden_params  # noqa: E402
+from tests.helpers.golden import golden_params
 
 
 def pytest_generate_tests(metafunc):

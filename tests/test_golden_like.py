@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from golden import REPO_ROOT, SHARED
+from tests.helpers.golden import REPO_ROOT, SHARED
 
 SCRIPT = REPO_ROOT / "scripts" / "make_golden_like.py"
 TINY_V1 = SHARED / "golden" / "tiny-v1"

@@ -8,8 +8,8 @@ import math
 
 import pytest
 import yaml
-from bench_scripts import load_script, needs_mini
-from golden import REPO_ROOT, SAKURA_MINI
+from tests.helpers.bench_scripts import load_script, needs_mini
+from tests.helpers.golden import REPO_ROOT, SAKURA_MINI
 
 bench = load_script("bench_eval_throughput", "eval_throughput.py")
 

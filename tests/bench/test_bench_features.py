@@ -5,11 +5,11 @@ Correctness only: no figure is asserted, since CI machines differ in speed.
 
 import pytest
 import torch
-from bench_scripts import load_script, needs_mini
-from golden import SAKURA_MINI
+from tests.helpers.bench_scripts import load_script, needs_mini
+from tests.helpers.golden import SAKURA_MINI
 from torch.utils.data import DataLoader
 
-import common  # noqa: E402,I001  (on sys.path once bench_scripts is imported)
+import common  # noqa: E402,I001  (bench/common.py, registered under that name by tests.helpers.bench_scripts)
 
 bench = load_script("bench_features", "features.py")
 

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from bench_scripts import load_script
+from tests.helpers.bench_scripts import load_script
 
 bench = load_script("bench_gpu", "gpu.py")
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import yaml
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.annotations import (
     EXPAND_WAV_GAP_SAMPLES,

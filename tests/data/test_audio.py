@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from golden import Golden
+from tests.helpers.golden import Golden
 
 from salmonn_pl.data.audio import MAX_SAMPLES, MIN_SAMPLES, AudioError, load_audio, prepare_official
 

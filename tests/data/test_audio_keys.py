@@ -7,7 +7,7 @@ from itertools import groupby
 import numpy as np
 import pytest
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data import collate
 from salmonn_pl.data.collate import SpeechCollator

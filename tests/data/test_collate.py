@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from golden import Golden, assert_close
+from tests.helpers.golden import Golden, assert_close
 from torch.utils.data import DataLoader
 
 from salmonn_pl.data.audio import load_audio

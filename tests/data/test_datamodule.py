@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 from jsonargparse import ArgumentParser
 
 from salmonn_pl.data.audio import AudioError, load_audio

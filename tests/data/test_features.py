@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from golden import Golden, assert_close
+from tests.helpers.golden import Golden, assert_close
 from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
@@ -54,7 +54,7 @@ def test_matches_transformers_extractor_on_edge_lengths(golden: Golden):
 
 
 def test_float32_stays_close_to_float64_on_real_speech():
-    from golden import SAKURA_MINI
+    from tests.helpers.golden import SAKURA_MINI
 
     if not SAKURA_MINI.is_dir():
         pytest.skip(f"no sakura-mini at {SAKURA_MINI}")

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.audio import load_audio
 from salmonn_pl.data.datamodule import SakuraDataModule

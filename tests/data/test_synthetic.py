@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.annotation_datamodule import AnnotationDataModule
 from salmonn_pl.data.annotations import parse_answer, parse_question, read_annotations

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.variants import (
     Variant,

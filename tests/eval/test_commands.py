@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from eval_records import pad_sweep_variants, synthetic_examples
-from test_judge_llm import ScriptedChatServer
+from tests.helpers.eval_records import pad_sweep_variants, synthetic_examples
+from tests.eval.test_judge_llm import ScriptedChatServer
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.eval.commands import main

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from eval_records import synthetic_records
+from tests.helpers.eval_records import synthetic_records
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.eval.metrics import (

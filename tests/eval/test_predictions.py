@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from eval_records import synthetic_records
+from tests.helpers.eval_records import synthetic_records
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.eval.metrics import count_slices

@@ -5,7 +5,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
-from golden import Golden, assert_close
+from tests.helpers.golden import Golden, assert_close
 from transformers import SequenceBiasLogitsProcessor
 
 from salmonn_pl.generation.decode import (

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import Golden, assert_close, load_official_wav
+from tests.helpers.golden import Golden, assert_close, load_official_wav
 
 from salmonn_pl.model.beats import BEATs, BEATsConfig
 

@@ -3,7 +3,7 @@ straddle two batches is encoded once, and each row still gets the tokens of its 
 
 import numpy as np
 import torch
-from encoder_counts import count_encoder_rows
+from tests.helpers.encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule

@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from golden import Golden, assert_close, load_official_wav
+from tests.helpers.golden import Golden, assert_close, load_official_wav
 
 from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
 from salmonn_pl.model.fbank import (

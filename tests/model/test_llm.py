@@ -5,7 +5,7 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
-from golden import Golden, assert_close
+from tests.helpers.golden import Golden, assert_close
 from salmonn_pl.model.llm import (
     embed_tokens,
     load_llm,

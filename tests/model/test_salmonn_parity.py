@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
+from tests.helpers.golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
 
 from salmonn_pl.cli import build_cli
 from salmonn_pl.data.audio import load_audio

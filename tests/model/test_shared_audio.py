@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from encoder_counts import count_encoder_rows
+from tests.helpers.encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule

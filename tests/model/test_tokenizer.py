@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from golden import Golden
+from tests.helpers.golden import Golden
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 
 

@@ -1,7 +1,7 @@
 """Window Q-Former and Whisper encoder against the official tensors."""
 
 import torch
-from golden import assert_close
+from tests.helpers.golden import assert_close
 
 from salmonn_pl.model.checkpoint import map_official_key
 from salmonn_pl.model.whisper import load_whisper_encoder

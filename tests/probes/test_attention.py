@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.data.variants import Variant

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import responses, run_test, write_config
+from tests.helpers.cli_runs import responses, run_test, write_config
 
 from salmonn_pl.cli import build_cli
 from salmonn_pl.generation.decode import CachedLM

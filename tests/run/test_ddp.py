@@ -5,7 +5,7 @@ on 2 ranks give 6 slots, so one question is answered twice. It must be counted o
 """
 
 import pytest
-from cli_runs import metrics, prediction_lines, run_subprocess, run_test, write_config
+from tests.helpers.cli_runs import metrics, prediction_lines, run_subprocess, run_test, write_config
 
 QUESTIONS = 5  # odd, so that the sampler repeats a question
 

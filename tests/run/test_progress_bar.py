@@ -3,7 +3,7 @@
 import re
 
 import pytest
-from cli_runs import run_test, write_config
+from tests.helpers.cli_runs import run_test, write_config
 
 # One frame of the bar, e.g. "Testing ━━━╺━━━ 2/6 elapsed 0:00:01 • ETA 0:00:03 1.21 batches/s questions_per_s: 2.418"
 FRAME = re.compile(

@@ -6,7 +6,7 @@ import subprocess
 import time
 
 import pytest
-from cli_runs import (
+from tests.helpers.cli_runs import (
     cli_command,
     metrics,
     prediction_lines,
@@ -39,7 +39,7 @@ def _assert_same_results(resumed, reference) -> None:
 @pytest.mark.slow
 def test_resume_after_an_exception(tiny_files, tmp_path, uninterrupted):
     out = tmp_path / "out"
-    crash = {"class_path": "cli_runs.FailAfterBatches", "init_args": {"batches": 2}}
+    crash = {"class_path": "tests.helpers.cli_runs.FailAfterBatches", "init_args": {"batches": 2}}
     failing = write_config(tmp_path / "failing.yaml", tiny_files, out, batch_size=BATCH_SIZE, limit=LIMIT,
                            callbacks=[crash])
     with pytest.raises(RuntimeError, match="injected failure"):

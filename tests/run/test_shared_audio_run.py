@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_runs import responses, run_test, write_config
-from golden import SAKURA_MINI
+from tests.helpers.cli_runs import responses, run_test, write_config
+from tests.helpers.golden import SAKURA_MINI
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from salmonn_pl.lit_module import SalmonnModule

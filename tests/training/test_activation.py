@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 from peft.tuners.lora import LoraLayer
 
 from salmonn_pl.data.annotations import AnnotationDataset, load_prompts

@@ -7,7 +7,7 @@ drawn per (rank, epoch, batch) from the run's seed. Validation runs in between, 
 
 import pytest
 import torch
-from fit_runs import checkpoint_callback, run_fit, write_fit_config
+from tests.helpers.fit_runs import checkpoint_callback, run_fit, write_fit_config
 from torch.utils.data import DataLoader
 
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS, load_salmonn_checkpoint, trainable_state_dict

@@ -26,7 +26,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / "shared"
 SAKURA_MINI = SHARED / "sakura-mini"
 
