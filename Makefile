@@ -10,11 +10,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: demo test
+.PHONY: demo test test-fast
 # The main job on the embedded default: a tiny SALMONN and bundled sample data, no downloads.
 demo: $(VENV)/.installed
 	$(VENV)/bin/salmonn-pl test --config configs/demo.yaml
 
-# The whole test suite (parity with the official tensors needs ../shared next to the repository).
+# The whole test suite (parity with the official tensors needs ../shared next to the repository),
+# with the 15 slowest tests listed at the end.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The unit tests only (under a minute on 2 CPU cores): everything but the end-to-end runs marked slow.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"

@@ -1,17 +1,28 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from golden import golden_params  # noqa: E402
+from tests.helpers.golden import golden_params
 
 
 def pytest_generate_tests(metafunc):
     if "golden" in metafunc.fixturenames:
         metafunc.parametrize("golden", golden_params())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    """Every test, and every fixture, computes with one torch thread.
+
+    The golden tensors were computed single-threaded (with more threads float outputs move by ~1e-6
+    and near-tied argmaxes can flip), and the exact comparisons of the suite (a batch against one item
+    at a time, a resumed run against an uninterrupted one) need one order of float reductions.
+    Session-scoped so that module- and session-scoped fixtures run single-threaded too; tests must not
+    change the thread count (processes they spawn set their own).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from salmonn_pl.callbacks import QuestionProgressBar
@@ -136,7 +135,6 @@ def test_ablation_sweep_variants(tiny_files):
 @pytest.mark.slow
 def test_main_recipe_runs_on_the_tiny_model(tiny_files, tmp_path, monkeypatch):
     """``salmonn-pl test`` of the main recipe, offline W&B included, with the tiny model on CPU."""
-    torch.set_num_threads(1)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -7,17 +7,16 @@ Correctness only: no figure is asserted, since CI machines differ in speed.
 import math
 
 import pytest
-import torch
 import yaml
-from bench_scripts import load_script, needs_mini
-from golden import REPO_ROOT, SAKURA_MINI
+from tests.helpers.bench_scripts import load_script, needs_mini
+from tests.helpers.golden import REPO_ROOT, SAKURA_MINI
 
 bench = load_script("bench_eval_throughput", "eval_throughput.py")
 
 
+@pytest.mark.slow
 @needs_mini
 def test_toy_run_times_every_stage_and_batched_runs_answer_like_the_per_sample_loop(tmp_path):
-    torch.set_num_threads(1)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\n## eval_throughput\n\nstale figures\n\n## features\n\nkept\n")
     limit, new_tokens = 1, 3  # 4 tracks x 2 hops x 1 question under every condition of a workload

@@ -5,18 +5,18 @@ Correctness only: no figure is asserted, since CI machines differ in speed.
 
 import pytest
 import torch
-from bench_scripts import load_script, needs_mini
-from golden import SAKURA_MINI
+from tests.helpers.bench_scripts import load_script, needs_mini
+from tests.helpers.golden import SAKURA_MINI
 from torch.utils.data import DataLoader
 
-import common  # noqa: E402,I001  (on sys.path once bench_scripts is imported)
+import common  # noqa: E402,I001  (bench/common.py, registered under that name by tests.helpers.bench_scripts)
 
 bench = load_script("bench_features", "features.py")
 
 
+@pytest.mark.slow
 @needs_mini
 def test_toy_run_measures_every_method_and_replaces_its_results_section(tmp_path):
-    torch.set_num_threads(1)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\nHow figures are made.\n\n## features\n\nstale figures\n\n## other\n\nkept\n")
     clips, workers, repeats = 10, [0, 1], 2  # 10 clips in batches of 4: the last batch is ragged
@@ -49,7 +49,6 @@ def test_toy_run_measures_every_method_and_replaces_its_results_section(tmp_path
 @needs_mini
 def test_data_path_collators_agree_with_each_other():
     """The data-path comparison is fair only if (a) and (b) deliver the same spectrograms."""
-    torch.set_num_threads(1)
     from transformers import WhisperFeatureExtractor
 
     from salmonn_pl.data.datamodule import SakuraDataModule

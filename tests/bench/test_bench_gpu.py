@@ -7,8 +7,9 @@ Correctness only: no figure is asserted, since CI machines differ in speed.
 import dataclasses
 import math
 
+import pytest
 import torch
-from bench_scripts import load_script
+from tests.helpers.bench_scripts import load_script
 
 bench = load_script("bench_gpu", "gpu.py")
 
@@ -18,8 +19,8 @@ from salmonn_pl.model.salmonn import Salmonn  # noqa: E402
 TOY = bench.SHAPES["toy"]
 
 
+@pytest.mark.slow
 def test_toy_run_measures_every_configuration_and_replaces_its_results_section(tmp_path):
-    torch.set_num_threads(1)
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\n## features\n\nkept\n\n## gpu\n\nstale figures\n")
     batch_sizes, beams, new_tokens = [1, 2], 4, 3

@@ -7,7 +7,7 @@ from itertools import groupby
 import numpy as np
 import pytest
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data import collate
 from salmonn_pl.data.collate import SpeechCollator
@@ -120,7 +120,6 @@ def test_collator_computes_one_log_mel_per_distinct_audio(monkeypatch):
         computed.append(wavs.size(0))
         return real(wavs, *args, **kwargs)
 
-    torch.set_num_threads(1)
     unkeyed = [{**e, "meta": {k: v for k, v in e["meta"].items() if k != "audio_key"}} for e in examples]
     expected = SpeechCollator()(unkeyed)["spectrogram"]
     monkeypatch.setattr(collate, "whisper_log_mel", counting)

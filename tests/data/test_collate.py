@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from golden import Golden, assert_close
+from tests.helpers.golden import Golden, assert_close
 from torch.utils.data import DataLoader
 
 from salmonn_pl.data.audio import load_audio
@@ -24,7 +24,6 @@ def _examples(golden: Golden) -> list[dict]:
 
 
 def test_batch_matches_official_collation(golden: Golden):
-    torch.set_num_threads(1)
     examples = _examples(golden)
     batch = SpeechCollator()(examples)
 
@@ -92,7 +91,6 @@ class _RecordsSharedMemory:
 
 def test_worker_builds_the_same_batch_in_shared_memory(golden: Golden):
     """In a DataLoader worker the big tensors are made in shared memory (no copy on the way back)."""
-    torch.set_num_threads(1)
     examples = _examples(golden)
     in_process = _RecordsSharedMemory()(examples)
     assert in_process["meta"][0]["shared"] == [False, False, False]

@@ -1,14 +1,13 @@
 """SakuraDataModule: question x variant examples, YAML configuration, skip policy, throughput."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 from jsonargparse import ArgumentParser
 
 from salmonn_pl.data.audio import AudioError, load_audio
@@ -21,7 +20,6 @@ needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-min
 
 @needs_mini
 def test_every_question_under_every_variant():
-    torch.set_num_threads(1)
     variants = [Variant(), Variant(pad_seconds=15, pad_fill="noise", pad_position="middle", strip_options=True)]
     dm = SakuraDataModule(SAKURA_MINI, tracks=["Animal", "Emotion"], limit=3, variants=variants, batch_size=5)
     dm.setup("test")
@@ -150,24 +148,22 @@ def test_bad_prompt_template_is_rejected():
 
 
 @needs_mini
-def test_full_benchmark_data_work_is_well_under_a_minute():
-    """CPU time for all of sakura-mini (192 questions) padded to 30 s with noise, extrapolated to 4000.
+def test_all_of_sakura_mini_padded_to_30s_with_noise_is_served():
+    """Every question of sakura-mini (192), padded to 30 s with noise, in full 30 s batches.
 
-    CPU time rather than wall time: the data work is what is measured, not other load on the machine.
+    How long this data work takes per 4000 questions is measured by bench/features.py (its target:
+    under a minute), not asserted here.
     """
-    torch.set_num_threads(1)
     dm = SakuraDataModule(
         SAKURA_MINI, variants=[Variant(pad_seconds=30, pad_fill="noise", pad_position="late")], batch_size=8
     )
     dm.setup()
-    next(iter(dm.test_dataloader()))  # warm-up (filter banks, allocator)
-    start = time.process_time()
-    n = sum(len(batch["id"]) for batch in dm.test_dataloader())
-    seconds = time.process_time() - start
-    per_4000 = seconds / n * 4000
-    print(f"{n} questions, pad30s-noise-late: {seconds:.2f} CPU s on one thread -> {per_4000:.0f} s per 4000 questions")
-    assert n == 192
-    assert per_4000 < 60
+    ids = []
+    for batch in dm.test_dataloader():
+        ids += batch["id"]
+        assert batch["raw_wav"].shape[1] == 30 * 16_000 and bool(batch["wav_lengths"].eq(30 * 16_000).all())
+        assert batch["spectrogram"].shape[1:] == (80, 3000) and bool(torch.isfinite(batch["spectrogram"]).all())
+    assert len(ids) == len(set(ids)) == 192
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

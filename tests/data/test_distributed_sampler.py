@@ -2,7 +2,7 @@
 questions stay on one rank and share its encoding there."""
 
 import pytest
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.data.datamodule import ContiguousDistributedSampler, SakuraDataModule

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.audio import load_audio
 from salmonn_pl.data.datamodule import SakuraDataModule
@@ -89,6 +89,7 @@ def test_reproducible_by_clip_and_independent_of_pool_order():
     assert [s.id for s in other_seed.distractors] != [s.id for s in placement.distractors]
 
 
+@pytest.mark.slow
 def test_draw_does_not_depend_on_python_hash_randomisation():
     code = (
         "import numpy as np\n"
@@ -246,7 +247,6 @@ def test_tiny_model_encodes_long_examples_as_thirty_second_chunks(tiny_config):
     from salmonn_pl.generation.decode import GenerationSettings
     from salmonn_pl.model.salmonn import Salmonn
 
-    torch.set_num_threads(1)
     model = Salmonn(dataclasses.replace(tiny_config, max_audio_seconds=120)).eval()
     variants = [
         Variant(long_audio_seconds=60, long_audio_position="middle"),

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 import salmonn_pl
 from salmonn_pl.data.sakura import COLUMNS, TRACKS, load_question_audio, read_sakura

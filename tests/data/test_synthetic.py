@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.annotation_datamodule import AnnotationDataModule
 from salmonn_pl.data.annotations import parse_answer, parse_question, read_annotations
@@ -156,7 +156,6 @@ def test_annotations_hold_one_item_per_clip_and_hop(task):
 
 
 def test_annotation_datamodule_batches_the_synthetic_task(task):
-    torch.set_num_threads(1)
     module = AnnotationDataModule(
         train_annotation=str(task.train_annotation),
         val_annotation=str(task.val_annotation),

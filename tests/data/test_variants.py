@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.variants import (
     Variant,
@@ -94,6 +94,7 @@ def test_variant_noise_is_seeded_by_the_clip():
     assert not np.array_equal(a1, b)
 
 
+@pytest.mark.slow
 def test_stable_seed_does_not_depend_on_the_process():
     code = "from salmonn_pl.data.variants import stable_seed; print(stable_seed('Gender/multi/x.wav'))"
     outputs = {

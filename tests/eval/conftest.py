@@ -1,7 +1,7 @@
-"""Fixtures of the evaluation tests (helpers live in eval_records.py, importable by spawned processes)."""
+"""Fixtures of the evaluation tests (helpers live in tests/helpers/eval_records.py, importable by spawned processes)."""
 
 import pytest
-from eval_records import synthetic_records
+from tests.helpers.eval_records import synthetic_records
 
 
 @pytest.fixture

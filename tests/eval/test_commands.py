@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from eval_records import pad_sweep_variants, synthetic_examples
-from test_judge_llm import ScriptedChatServer
+from tests.helpers.eval_records import pad_sweep_variants, synthetic_examples
+from tests.eval.test_judge_llm import ScriptedChatServer
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.eval.commands import main
@@ -106,6 +106,7 @@ def _ddp_worker(rank, world, port, output_dir, examples):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_single_process_metrics(tmp_path, examples):
     examples = examples[:-1]  # uneven: Lightning's sampler repeats a question on the last rank
     single = SakuraEvaluator(str(tmp_path / "single"))
@@ -130,6 +131,7 @@ def finished_run(tmp_path, examples):
     return tmp_path / "run"
 
 
+@pytest.mark.slow
 def test_rejudge_compare_and_report_from_the_command_line(tmp_path, finished_run, capsys):
     server = ScriptedChatServer()
     server.thread.start()

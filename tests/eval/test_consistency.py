@@ -3,7 +3,7 @@
 import copy
 import math
 
-from eval_records import judged_records
+from tests.helpers.eval_records import judged_records
 
 from salmonn_pl.eval.consistency import compare_predictions, consistency_markdown, judge_agreement
 from salmonn_pl.eval.judge_rule import VERDICTS

@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from eval_records import synthetic_records
+from tests.helpers.eval_records import synthetic_records
 
 from salmonn_pl.cli import build_cli
 from salmonn_pl.eval.commands import expand_judge_config, main

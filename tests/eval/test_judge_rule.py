@@ -3,7 +3,7 @@
 import csv
 
 import pytest
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.eval.judge_rule import RuleJudge, answer_letter, parse_options, word_roots
 

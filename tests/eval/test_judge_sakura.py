@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from golden import SHARED
+from tests.helpers.golden import SHARED
 
 from salmonn_pl.eval.evaluator import judge_records
 from salmonn_pl.eval.judge_rule import JudgeItem

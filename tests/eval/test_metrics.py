@@ -3,10 +3,11 @@
 import math
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from eval_records import synthetic_records
+from tests.helpers.eval_records import synthetic_records
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.eval.metrics import (
@@ -138,6 +139,7 @@ def _ddp_worker(rank: int, world: int, port: int, records: list, results) -> Non
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_give_the_single_process_metrics():
     records = synthetic_records(n_clips=5, variants=("original", "pad15s-noise-early", "zero_audio"))[:-1]
     with mp.Manager() as manager:

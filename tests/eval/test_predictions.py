@@ -3,8 +3,8 @@
 import json
 
 import pytest
-from eval_records import synthetic_records
-from golden import SAKURA_MINI
+from tests.helpers.eval_records import synthetic_records
+from tests.helpers.golden import SAKURA_MINI
 from torch.utils.data import DistributedSampler
 
 from salmonn_pl.data.datamodule import SakuraDataset

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from eval_records import judged_records, pad_sweep_variants
+from tests.helpers.eval_records import judged_records, pad_sweep_variants
 
 from salmonn_pl.eval.metrics import AVERAGE, COLUMNS, PUBLISHED_SALMONN, difference_pp
 from salmonn_pl.eval.report import (

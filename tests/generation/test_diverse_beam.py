@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from noise_audio import noise_audio_tokens
+from tests.helpers.noise_audio import noise_audio_tokens
 
 from salmonn_pl.generation.decode import DecodeStep, GenerationSettings, generate
 from salmonn_pl.generation.diverse_beam import (

@@ -4,7 +4,7 @@ import re
 
 import pytest
 import torch
-from noise_audio import noise_audio_tokens
+from tests.helpers.noise_audio import noise_audio_tokens
 
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.format_forcing import (

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from noise_audio import noise_audio_tokens
+from tests.helpers.noise_audio import noise_audio_tokens
 
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.nonfinite import NonFiniteLogits

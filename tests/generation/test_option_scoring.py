@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from noise_audio import noise_audio_tokens
+from tests.helpers.noise_audio import noise_audio_tokens
 
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 

@@ -10,7 +10,7 @@ import functools
 
 import pytest
 import torch
-from dynamic_cache_reference import DynamicCacheLM
+from tests.helpers.dynamic_cache_reference import DynamicCacheLM
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, SequenceBiasLogitsProcessor
 
 from salmonn_pl.generation import decode

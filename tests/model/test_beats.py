@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import Golden, assert_close, load_official_wav
+from tests.helpers.golden import Golden, assert_close, load_official_wav
 
 from salmonn_pl.model.beats import BEATs, BEATsConfig
 
@@ -32,12 +32,9 @@ def right_padded(wavs: list[torch.Tensor], extra: int = 0, fill: torch.Generator
 
 
 @pytest.fixture
-def no_grad_single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def no_grad():
     with torch.no_grad():
         yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**overrides) -> BEATsConfig:
@@ -57,7 +54,7 @@ def tiny_config(**overrides) -> BEATsConfig:
 
 
 def test_state_dict_matches_official_checkpoint(golden: Golden):
-    checkpoint = torch.load(golden.path / "beats.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(golden.require_beats(), map_location="cpu", weights_only=True)
     model = BEATs(BEATsConfig.from_dict(checkpoint["cfg"]))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     official = {k: tuple(v.shape) for k, v in checkpoint["model"].items()}
@@ -71,8 +68,8 @@ def test_state_dict_matches_official_checkpoint(golden: Golden):
     assert "encoder.layers.1.self_attn.relative_attention_bias.weight" not in names
 
 
-def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad):
+    model = BEATs.from_checkpoint(golden.require_beats())
     for i, wav in enumerate(golden_wavs(golden)):
         features, mask = model.extract_features(wav[None], torch.zeros(1, len(wav), dtype=torch.bool))
         assert_close(features, golden[f"wav{i}.beats_features"], f"wav{i}.beats_features")
@@ -80,8 +77,8 @@ def test_extract_features_matches_golden_per_wav(golden: Golden, no_grad_single_
         assert features.shape[1] == golden.variant["wavs"][golden.wavs[i]["name"]]["beats_tokens"]
 
 
-def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_grad):
+    model = BEATs.from_checkpoint(golden.require_beats())
     batch, _, padding_mask = right_padded(golden_wavs(golden))
     assert_close(padding_mask.sum(1), golden["batch.padding_mask_num_true"], "batch.padding_mask_num_true")
     features, mask = model.extract_features(batch, padding_mask)
@@ -92,8 +89,8 @@ def test_extract_features_reproduces_official_batch_quirk(golden: Golden, no_gra
         assert int((~mask[i]).sum()) == expected, wav["name"]
 
 
-def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad):
+    model = BEATs.from_checkpoint(golden.require_beats())
     wavs = golden_wavs(golden)
     batch, lengths, _ = right_padded(wavs)
     features, mask = model.extract_features_per_clip(batch, lengths)
@@ -111,8 +108,8 @@ def test_per_clip_features_equal_lone_clips(golden: Golden, no_grad_single_threa
     assert_close(noisy_features * valid, features * valid, "per-clip features with noisy padding", atol=1e-5)
 
 
-def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad):
+    model = BEATs.from_checkpoint(golden.require_beats())
     wav = golden_wavs(golden)[1]
     short = wav[:1000]  # 4 fbank frames: not one whole 16-frame patch
     batch, lengths, _ = right_padded([wav, short])
@@ -122,8 +119,8 @@ def test_per_clip_survives_clips_without_tokens(golden: Golden, no_grad_single_t
     assert_close(features[0], golden["wav1.beats_features"][0], "clip next to a token-less clip")
 
 
-def test_predictor_returns_class_probabilities(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+def test_predictor_returns_class_probabilities(golden: Golden, no_grad):
+    model = BEATs.from_checkpoint(golden.require_beats())
     classes = model.config.predictor_class
     batch, _, padding_mask = right_padded(golden_wavs(golden))
     probabilities, _ = model.extract_features(batch, padding_mask, feature_only=False)
@@ -138,14 +135,14 @@ def test_predictor_returns_class_probabilities(golden: Golden, no_grad_single_th
 
 
 def test_checkpoint_errors_name_the_file(golden: Golden, tmp_path: Path):
-    checkpoint = torch.load(golden.path / "beats.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(golden.require_beats(), map_location="cpu", weights_only=True)
 
     tolerated = tmp_path / "unknown_key.pt"
     torch.save({"cfg": checkpoint["cfg"] | {"some_future_option": 3}, "model": checkpoint["model"]}, tolerated)
     assert BEATs.from_checkpoint(tolerated).config.extra == {"some_future_option": 3}
 
     wrong_width = tmp_path / "wrong_width.pt"
-    torch.save({"cfg": checkpoint["cfg"] | {"encoder_embed_dim": 64}, "model": checkpoint["model"]}, wrong_width)
+    torch.save({"cfg": checkpoint["cfg"] | {"encoder_embed_dim": 2 * checkpoint["cfg"]["encoder_embed_dim"]}, "model": checkpoint["model"]}, wrong_width)
     with pytest.raises(ValueError, match="(?s)wrong_width.pt.*do not match") as error:
         BEATs.from_checkpoint(wrong_width)
     assert "size mismatch" in str(error.value)
@@ -164,7 +161,7 @@ def test_checkpoint_errors_name_the_file(golden: Golden, tmp_path: Path):
         BEATs.from_checkpoint(tmp_path / "missing.pt")
 
 
-def test_other_architecture_options_stay_batch_invariant(no_grad_single_thread):
+def test_other_architecture_options_stay_batch_invariant(no_grad):
     """Pre-LN, GLU feed-forward, no relative bias, no post-extract projection: still one clip = one batch row."""
     torch.manual_seed(0)
     config = tiny_config(layer_norm_first=True, activation_fn="glu", relative_position_embedding=False)
@@ -200,8 +197,8 @@ def test_layer_wise_gradient_decay_scales_lower_gradients():
     assert_close(decayed.patch_embedding.weight.grad, plain.patch_embedding.weight.grad * 0.25, "patches", atol=1e-6)
 
 
-def test_bfloat16_autocast_stays_close_to_float32(golden: Golden, no_grad_single_thread):
-    model = BEATs.from_checkpoint(golden.path / "beats.pt")
+def test_bfloat16_autocast_stays_close_to_float32(golden: Golden, no_grad):
+    model = BEATs.from_checkpoint(golden.require_beats())
     wav = golden_wavs(golden)[1].float()[None]
     reference, _ = model.extract_features(wav)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -3,7 +3,7 @@ straddle two batches is encoded once, and each row still gets the tokens of its 
 
 import numpy as np
 import torch
-from encoder_counts import count_encoder_rows
+from tests.helpers.encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
@@ -52,7 +52,6 @@ def _assert_close(shared, reference) -> None:
 
 
 def test_a_clip_straddling_two_batches_is_encoded_once(tiny_salmonn, monkeypatch):
-    torch.set_num_threads(1)
     clips = _clips()
     first = _batch([("clip", "none"), ("clip", "zero_beats"), ("other", "none")], clips)
     second = _batch([("clip", "none"), ("clip", "zero_whisper"), ("new", "none")], clips)

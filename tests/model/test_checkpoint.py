@@ -17,7 +17,7 @@ from salmonn_pl.model.salmonn import Salmonn
 
 
 def test_every_golden_key_maps_and_round_trips(golden):
-    official = torch.load(golden.path / "salmonn.pth", map_location="cpu")["model"]
+    official = torch.load(golden.file("ckpt"), map_location="cpu")["model"]
     placed = 0
     for key in official:
         mapped = map_official_key(key)

@@ -5,9 +5,8 @@ import torch
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file
 
-from golden import Golden, assert_close
+from tests.helpers.golden import Golden, assert_close
 from salmonn_pl.model.llm import (
-    LoraSettings,
     embed_tokens,
     load_llm,
     load_llm_weights,
@@ -17,23 +16,15 @@ from salmonn_pl.model.llm import (
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The golden tensors were computed single-threaded.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _official_state(golden: Golden) -> dict[str, torch.Tensor]:
-    return torch.load(golden.path / "salmonn.pth", map_location="cpu", weights_only=True)["model"]
+    return torch.load(golden.file("ckpt"), map_location="cpu", weights_only=True)["model"]
 
 
-def _golden_llm(golden: Golden, lora: LoraSettings | None = LoraSettings()):
-    """The LLM as SALMONN.from_config builds it for the golden fixture, in fp32 eval mode."""
-    tokenizer = SalmonnTokenizer(golden.path / "llama")
-    model = load_llm(golden.path / "llama", tokenizer, lora=lora)
+def _golden_llm(golden: Golden, lora: bool = True):
+    """The LLM as SALMONN.from_config builds it for the golden fixture (its LoRA settings), in fp32 eval mode."""
+    tokenizer = SalmonnTokenizer(golden.file("llama_path"))
+    lora = golden.lora_settings() if lora else None
+    model = load_llm(golden.file("llama_path"), tokenizer, lora=lora)
     set_pad_rows(model, golden["llm.pad_row.embed_tokens"], golden["llm.pad_row.lm_head"])
     if lora is not None:
         load_llm_weights(model, _official_state(golden))
@@ -54,8 +45,8 @@ def test_lora_parameter_names_are_the_official_ones(golden: Golden):
 
 
 def test_vocab_resized_and_base_rows_untouched(golden: Golden):
-    model, tokenizer = _golden_llm(golden, lora=None)
-    stored = load_file(str(golden.path / "llama" / "model.safetensors"))
+    model, tokenizer = _golden_llm(golden, lora=False)
+    stored = load_file(str(golden.file("llama_path") / "model.safetensors"))
     embed = model.get_input_embeddings().weight
     lm_head = model.get_output_embeddings().weight
     assert embed.shape[0] == lm_head.shape[0] == len(tokenizer) == golden.variant["llm_vocab_after_resize"]
@@ -66,7 +57,7 @@ def test_vocab_resized_and_base_rows_untouched(golden: Golden):
 
 
 def test_pad_row_is_seeded(golden: Golden):
-    path, size = golden.path / "llama", golden.variant["len_tokenizer"]
+    path, size = golden.file("llama_path"), golden.variant["len_tokenizer"]
     rows = [load_llm(path, size, pad_row_seed=s).get_input_embeddings().weight[-1].clone() for s in (3, 3, 4)]
     assert torch.equal(rows[0], rows[1])
     assert not torch.equal(rows[0], rows[2])
@@ -126,8 +117,8 @@ def test_lora_scale(golden: Golden):
 
 
 def test_lora_settings_scale_applies_at_load(golden: Golden):
-    settings = LoraSettings(scale=0.5)
-    model = load_llm(golden.path / "llama", golden.variant["len_tokenizer"], lora=settings)
+    settings = golden.lora_settings(scale=0.5)
+    model = load_llm(golden.file("llama_path"), golden.variant["len_tokenizer"], lora=settings)
     scalings = [m.scaling["default"] for m in model.modules() if isinstance(m, LoraLayer)]
     assert len(scalings) == 2 * len(model.get_base_model().model.layers)  # q_proj and v_proj per layer
     assert all(s == pytest.approx(0.5 * settings.alpha / settings.rank) for s in scalings)
@@ -135,12 +126,12 @@ def test_lora_settings_scale_applies_at_load(golden: Golden):
 
 def test_set_lora_scale_needs_lora(golden: Golden):
     with pytest.raises(ValueError, match="no LoRA layers"):
-        set_lora_scale(load_llm(golden.path / "llama", golden.variant["len_tokenizer"]), 2.0)
+        set_lora_scale(load_llm(golden.file("llama_path"), golden.variant["len_tokenizer"]), 2.0)
 
 
 def test_load_llm_weights_rejects_unknown_keys(golden: Golden):
-    q_only = LoraSettings(target_modules=("q_proj",))
-    model = load_llm(golden.path / "llama", golden.variant["len_tokenizer"], lora=q_only)
+    q_only = golden.lora_settings(target_modules=("q_proj",))
+    model = load_llm(golden.file("llama_path"), golden.variant["len_tokenizer"], lora=q_only)
     with pytest.raises(KeyError, match="v_proj"):
         load_llm_weights(model, _official_state(golden))
 
@@ -153,14 +144,14 @@ def test_missing_directory_is_named(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
 def test_8bit_needs_cuda(golden: Golden):
     with pytest.raises(ValueError, match="8bit.*CUDA GPU"):
-        load_llm(golden.path / "llama", golden.variant["len_tokenizer"], load_in_8bit=True)
+        load_llm(golden.file("llama_path"), golden.variant["len_tokenizer"], load_in_8bit=True)
 
 
 def test_dtype_by_name(golden: Golden):
-    model = load_llm(golden.path / "llama", golden.variant["len_tokenizer"], torch_dtype="float16")
-    stored = load_file(str(golden.path / "llama" / "model.safetensors"))["model.embed_tokens.weight"]
+    model = load_llm(golden.file("llama_path"), golden.variant["len_tokenizer"], torch_dtype="float16")
+    stored = load_file(str(golden.file("llama_path") / "model.safetensors"))["model.embed_tokens.weight"]
     weight = model.get_input_embeddings().weight
     assert weight.dtype == torch.float16
     assert torch.equal(weight[: stored.shape[0]], stored.to(torch.float16))
     with pytest.raises(ValueError, match="not a torch dtype"):
-        load_llm(golden.path / "llama", golden.variant["len_tokenizer"], torch_dtype="float17")
+        load_llm(golden.file("llama_path"), golden.variant["len_tokenizer"], torch_dtype="float17")

@@ -8,14 +8,13 @@ files through our data path and compares every tensor in the manifest.
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 import numpy as np
 import pytest
 import torch
 import yaml
-from golden import SAKURA_MINI, Golden, assert_close
+from tests.helpers.golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
 
 from salmonn_pl.cli import build_cli
 from salmonn_pl.data.audio import load_audio
@@ -24,15 +23,12 @@ from salmonn_pl.generation.decode import GenerationSettings, generate
 from salmonn_pl.model.llm import set_pad_rows
 from salmonn_pl.model.salmonn import Salmonn
 
-PROMPT = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 
 
 def user_config(golden: Golden) -> dict:
     """The ``model.model`` section a user writes for these files, from the official config.yaml."""
-    official = yaml.safe_load((golden.path / "config.yaml").read_text())
-    cfg, harness = official["model"], official.get("golden", {})
-    bert = json.loads((golden.path / harness.get("qformer_bert_config", "qformer_bert_config.json")).read_text())
-    path = lambda key: str(golden.path / cfg[key]) if cfg.get(key) else ""  # noqa: E731
+    cfg, qformer = golden.model_config, golden.qformer_settings()
+    path = lambda key: str(golden.file(key) or "")  # noqa: E731
     return {
         "llm_path": path("llama_path"),
         "whisper_path": path("whisper_path"),
@@ -43,11 +39,11 @@ def user_config(golden: Golden) -> dict:
         "second_per_window": cfg["second_per_window"],
         "second_stride": cfg["second_stride"],
         "qformer": {
-            "hidden_size": bert["hidden_size"],
-            "num_hidden_layers": harness.get("qformer_num_hidden_layers", 2),
-            "num_attention_heads": bert["num_attention_heads"],
-            "intermediate_size": bert["intermediate_size"],
-            "layer_norm_eps": bert["layer_norm_eps"],
+            "hidden_size": qformer.hidden_size,
+            "num_hidden_layers": qformer.num_hidden_layers,
+            "num_attention_heads": qformer.num_attention_heads,
+            "intermediate_size": qformer.intermediate_size,
+            "layer_norm_eps": qformer.layer_norm_eps,
         },
         "lora": cfg["lora"],
         "lora_rank": cfg["lora_rank"],
@@ -87,9 +83,9 @@ def build(tmp_path_factory):
 
 def _examples(golden: Golden, text: str | None = None) -> list[dict]:
     examples = []
-    for w in golden.wavs:
+    for i, w in enumerate(golden.wavs):
         audio = load_audio(golden.path / w["file"])
-        examples.append({"id": w["name"], "audio": audio, "prompt": PROMPT.format(w["instruction"]), "text": text or "", "meta": {}})
+        examples.append({"id": w["name"], "audio": audio, "prompt": golden.prompt(i), "text": text or "", "meta": {}})
     return examples
 
 
@@ -184,5 +180,8 @@ def test_per_clip_batching_equals_single_runs(golden, build):
     for i in range(len(examples)):
         assert_close(batched[i : i + 1], golden[f"wav{i}.speech_embeds"], f"batched wav{i}.speech_embeds")
     official_gap = golden.variant.get("batch_vs_single_speech_embeds_max_abs_diff", {})
-    assert any(v > 1e-2 for v in official_gap.values()) or not official_gap
+    if official_gap and golden.has_beats:  # the official BEATs batch mask moves the shorter clips' tokens
+        assert max(official_gap.values()) > FLOAT_ATOL
+    elif official_gap:  # Whisper alone is batch-invariant in the official code as well
+        assert max(official_gap.values()) <= FLOAT_ATOL
     assert np.isfinite(batched.numpy()).all()

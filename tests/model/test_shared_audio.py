@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from encoder_counts import count_encoder_rows
+from tests.helpers.encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
@@ -83,7 +83,6 @@ def _assert_rows_match(shared, reference, ablations: list[str], atol: float) -> 
 
 
 def test_every_row_gets_the_tokens_of_the_unshared_path(tiny_salmonn):
-    torch.set_num_threads(1)
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
@@ -104,7 +103,6 @@ def test_every_row_gets_the_tokens_of_the_unshared_path(tiny_salmonn):
 
 def test_under_bfloat16_autocast_tokens_keep_their_dtype_and_values(tiny_salmonn):
     """Zeros stand in for skipped encoders and Q-Former passes in the dtype autocast gives them."""
-    torch.set_num_threads(1)
     model = copy.copy(tiny_salmonn)
     model.config = dataclasses.replace(tiny_salmonn.config, autocast_dtype="bfloat16")
     batch = SpeechCollator()(_mixed_examples())
@@ -120,7 +118,6 @@ def test_under_bfloat16_autocast_tokens_keep_their_dtype_and_values(tiny_salmonn
 @pytest.mark.parametrize("ablation", ["none", "zero_beats", "zero_whisper", "zero_audio"])
 def test_zeroed_encoders_give_exactly_todays_tokens(tiny_salmonn, ablation):
     """With the same rows in the encoders' batches, skipping a zeroed encoder changes no bit."""
-    torch.set_num_threads(1)
     clips = _clips(seed=1)
     examples = [
         {"id": key, "audio": clips[key], "prompt": PROMPT, "text": "", "meta": {"audio_key": key}}
@@ -219,7 +216,6 @@ def test_official_beats_batching_shares_nothing(tiny_salmonn):
 
 
 def test_long_audio_rows_share_their_chunks(tiny_salmonn, monkeypatch):
-    torch.set_num_threads(1)
     model = copy.copy(tiny_salmonn)
     model.config = dataclasses.replace(tiny_salmonn.config, max_audio_seconds=90.0)
     rng = np.random.default_rng(2)

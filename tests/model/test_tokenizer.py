@@ -3,14 +3,12 @@
 import pytest
 import torch
 
-from golden import Golden
+from tests.helpers.golden import Golden
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
-
-PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 
 
 def _tokenizer(golden: Golden) -> SalmonnTokenizer:
-    return SalmonnTokenizer(golden.path / "llama")
+    return SalmonnTokenizer(golden.file("llama_path"))
 
 
 def test_special_ids_and_length(golden: Golden):
@@ -35,7 +33,7 @@ def test_tokenizer_cases(golden: Golden):
 def test_prompt_halves_match_official_ids(golden: Golden):
     tok = _tokenizer(golden)
     for i, wav in enumerate(golden.wavs):
-        before, after = PROMPT_TEMPLATE.format(wav["instruction"]).split("<SpeechHere>")
+        before, after = golden.prompt(i).split("<SpeechHere>")
         assert tok.encode(before) == golden[f"wav{i}.prompt_before_ids"].tolist(), wav["name"]
         assert tok.encode(after) == golden[f"wav{i}.prompt_after_ids"].tolist(), wav["name"]
 
@@ -58,7 +56,7 @@ def test_skip_special_tokens_leaves_sentencepiece_text(golden: Golden):
 
 def test_batch_encode_pads_both_sides(golden: Golden):
     tok = _tokenizer(golden)
-    texts = [PROMPT_TEMPLATE.format(w["instruction"]).split("<SpeechHere>")[1] for w in golden.wavs]
+    texts = [golden.prompt(i).split("<SpeechHere>")[1] for i in range(len(golden.wavs))]
     rows = [tok.encode(t) for t in texts]
     longest = max(len(r) for r in rows)
     for side in ("right", "left"):

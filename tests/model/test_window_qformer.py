@@ -1,7 +1,7 @@
 """Window Q-Former and Whisper encoder against the official tensors."""
 
 import torch
-from golden import assert_close
+from tests.helpers.golden import assert_close
 
 from salmonn_pl.model.checkpoint import map_official_key
 from salmonn_pl.model.whisper import load_whisper_encoder
@@ -9,36 +9,22 @@ from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer, fram
 
 
 def connector_from_golden(golden) -> WindowQFormer:
-    import json
-
-    import yaml
-
-    cfg = yaml.safe_load((golden.path / "config.yaml").read_text())["model"]
-    bert = json.loads((golden.path / "qformer_bert_config.json").read_text())
-    official = torch.load(golden.path / "salmonn.pth", map_location="cpu")["model"]
+    cfg = golden.model_config
+    official = torch.load(golden.file("ckpt"), map_location="cpu")["model"]
     state = {}
     for key, value in official.items():
         mapped = map_official_key(key)
         if mapped is not None and mapped.startswith("connector."):
             state[mapped[len("connector."):]] = value
-    has_beats = bool(cfg.get("beats_path"))
-    whisper_width = state["ln_speech.weight"].numel()
-    beats_width = state["ln_audio.weight"].numel() if has_beats else None
     connector = WindowQFormer(
-        whisper_width=whisper_width,
-        beats_width=beats_width,
+        whisper_width=state["ln_speech.weight"].numel(),
+        beats_width=state["ln_audio.weight"].numel() if golden.has_beats else None,
         llm_width=state["proj.weight"].shape[0],
         num_query_tokens=cfg["num_speech_query_token"],
         second_per_window=cfg["second_per_window"],
         second_stride=cfg["second_stride"],
         window_level=cfg["window_level_Qformer"],
-        qformer=QFormerSettings(
-            hidden_size=bert["hidden_size"],
-            num_hidden_layers=golden.manifest["preset"]["qformer"]["num_hidden_layers"],
-            num_attention_heads=bert["num_attention_heads"],
-            intermediate_size=bert["intermediate_size"],
-            layer_norm_eps=bert["layer_norm_eps"],
-        ),
+        qformer=golden.qformer_settings(),
     )
     missing, unexpected = connector.load_state_dict(state, strict=False)
     assert not unexpected and not missing, (missing, unexpected)
@@ -51,7 +37,7 @@ def test_frames_per_window_matches_official_rounding():
 
 
 def test_whisper_encoder_parity(golden):
-    encoder = load_whisper_encoder(golden.path / "whisper")
+    encoder = load_whisper_encoder(golden.file("whisper_path"))
     for i, _ in enumerate(golden.wavs):
         with torch.no_grad():
             out = encoder(golden[f"wav{i}.input_features"]).last_hidden_state

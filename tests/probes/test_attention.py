@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.data.variants import Variant
@@ -28,14 +28,6 @@ from salmonn_pl.probes.run import SUMMARY_COLUMNS, log_to_wandb, main
 SR = 16000
 TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 GREEDY = GenerationSettings(max_new_tokens=4, num_beams=1)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _example(i: int, seconds: float, question: str, answer: str, **meta) -> dict:
@@ -293,6 +285,7 @@ class _Recorder:
         self.logged.append(payload)
 
 
+@pytest.mark.slow
 def test_run_over_sakura_mini(tiny_files, tmp_path):
     if not SAKURA_MINI.is_dir():
         pytest.skip(f"{SAKURA_MINI} is not available")

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import responses, run_test, write_config
+from tests.helpers.cli_runs import responses, run_test, write_config
 
 from salmonn_pl.cli import build_cli
 from salmonn_pl.generation.decode import CachedLM
 from salmonn_pl.lit_module import select_rows
+
+pytestmark = pytest.mark.slow  # every test reads the runs of one module fixture (4 CLI runs)
 
 LIMIT = 6  # clips per hop: 12 questions in batches of 4
 
@@ -23,7 +25,6 @@ LIMIT = 6  # clips per hop: 12 questions in batches of 4
 @pytest.fixture(scope="module")
 def runs(tiny_files, tmp_path_factory):
     """Output directories of the same questions run at batch size 1 and 4, left and right padded."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("batch-invariance")
     out = {}
     for side, batch_size in (("left", 1), ("left", 4), ("right", 1), ("right", 4)):

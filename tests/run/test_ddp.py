@@ -5,15 +5,13 @@ on 2 ranks give 6 slots, so one question is answered twice. It must be counted o
 """
 
 import pytest
-import torch
-from cli_runs import metrics, prediction_lines, run_subprocess, run_test, write_config
+from tests.helpers.cli_runs import metrics, prediction_lines, run_subprocess, run_test, write_config
 
 QUESTIONS = 5  # odd, so that the sampler repeats a question
 
 
 @pytest.mark.slow
 def test_two_processes_give_the_metrics_of_one(tiny_files, tmp_path):
-    torch.set_num_threads(1)
     one, two = tmp_path / "one-process", tmp_path / "two-processes"
     settings = {"batch_size": 2, "limit": QUESTIONS, "hops": ("single",)}
     run_test(write_config(tmp_path / "one.yaml", tiny_files, one, **settings))

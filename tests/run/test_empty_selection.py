@@ -3,7 +3,7 @@
 import shutil
 import subprocess
 
-from cli_runs import DEMO_SAKURA, cli_command, subprocess_env, write_config
+from tests.helpers.cli_runs import DEMO_SAKURA, cli_command, subprocess_env, write_config
 
 
 def _run(config, *overrides):

@@ -2,8 +2,8 @@
 
 import re
 
-import torch
-from cli_runs import run_test, write_config
+import pytest
+from tests.helpers.cli_runs import run_test, write_config
 
 # One frame of the bar, e.g. "Testing ━━━╺━━━ 2/6 elapsed 0:00:01 • ETA 0:00:03 1.21 batches/s questions_per_s: 2.418"
 FRAME = re.compile(
@@ -13,8 +13,8 @@ FRAME = re.compile(
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
+@pytest.mark.slow
 def test_questions_per_second_and_eta_are_shown(tiny_files, tmp_path, capsys):
-    torch.set_num_threads(1)
     bar = {"class_path": "salmonn_pl.callbacks.QuestionProgressBar",
            # A terminal as wide as a real one, even though pytest captures the output; redrawn 20
            # times a second so that this short run shows frames between batches.

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 import torch
-from cli_runs import (
+from tests.helpers.cli_runs import (
     metrics,
     prediction_lines,
     run_test,
@@ -27,11 +27,6 @@ from salmonn_pl.lit_module import BrokenRun, QuestionFailed
 OPTION_SCORING = ("--model.decoding", "option_scoring")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 def _keys(records):
     return [(r["id"], r["variant"]) for r in records]
 
@@ -42,7 +37,7 @@ def _keys(records):
 @pytest.mark.parametrize("decoding", ["generate", "option_scoring"])
 def test_a_question_with_nan_output_is_an_error_not_an_answer(tiny_files, tmp_path, decoding):
     out = tmp_path / "out"
-    nan = {"class_path": "cli_runs.NaNAudioTokens", "init_args": {"file": "test_00001.wav"}}
+    nan = {"class_path": "tests.helpers.cli_runs.NaNAudioTokens", "init_args": {"file": "test_00001.wav"}}
     run_test(write_config(tmp_path / "c.yaml", tiny_files, out, limit=3, callbacks=[nan]), "--model.decoding", decoding)
 
     records = strict_prediction_lines(out)
@@ -61,7 +56,7 @@ def test_a_question_with_nan_output_is_an_error_not_an_answer(tiny_files, tmp_pa
 
 def test_a_batch_of_one_clip_with_nan_output_is_one_bad_clip_not_a_broken_model(tiny_files, tmp_path):
     out = tmp_path / "out"
-    nan = {"class_path": "cli_runs.NaNAudioTokens", "init_args": {"file": "test_00001.wav"}}
+    nan = {"class_path": "tests.helpers.cli_runs.NaNAudioTokens", "init_args": {"file": "test_00001.wav"}}
     # Batches of 2 hold one clip's two questions: the second batch fails entirely, about one audio.
     run_test(write_config(tmp_path / "c.yaml", tiny_files, out, limit=3, batch_size=2, callbacks=[nan]),
              *OPTION_SCORING)
@@ -71,7 +66,7 @@ def test_a_batch_of_one_clip_with_nan_output_is_one_bad_clip_not_a_broken_model(
 def test_a_model_whose_every_output_is_nan_fails_the_run(tiny_files, tmp_path):
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", tiny_files, out, limit=2,
-                          callbacks=[{"class_path": "cli_runs.NaNWeights"}])
+                          callbacks=[{"class_path": "tests.helpers.cli_runs.NaNWeights"}])
     with pytest.raises(BrokenRun, match="every question of test batch 0 failed.*non-finite"):
         run_test(config, *OPTION_SCORING)
     assert not (out / "predictions.jsonl").exists() or not prediction_lines(out)  # nothing taken as done
@@ -81,7 +76,7 @@ def test_a_model_whose_every_output_is_nan_fails_the_run(tiny_files, tmp_path):
 def test_all_errors_one_question_at_a_time_fails_the_run(tiny_files, tmp_path):
     out = tmp_path / "out"
     config = write_config(tmp_path / "c.yaml", tiny_files, out, limit=2, batch_size=1, hops=("single",),
-                          callbacks=[{"class_path": "cli_runs.NaNWeights"}])
+                          callbacks=[{"class_path": "tests.helpers.cli_runs.NaNWeights"}])
     with pytest.raises(BrokenRun, match="none of the 2 questions got an answer"):
         run_test(config)
     assert metrics(out)["overall"]["errors"] == 2  # still listed, for the user to see
@@ -114,7 +109,7 @@ def test_a_rerun_with_another_setting_stops_before_any_work(tiny_files, tmp_path
 
 def test_a_partial_resume_says_how_many_are_left(tiny_files, tmp_path, caplog):
     out = tmp_path / "out"
-    crash = {"class_path": "cli_runs.FailAfterBatches", "init_args": {"batches": 1}}
+    crash = {"class_path": "tests.helpers.cli_runs.FailAfterBatches", "init_args": {"batches": 1}}
     with pytest.raises(RuntimeError, match="injected failure"):
         run_test(write_config(tmp_path / "failing.yaml", tiny_files, out, batch_size=2, limit=3, callbacks=[crash]))
     caplog.set_level(logging.INFO, logger="salmonn_pl")

@@ -6,8 +6,7 @@ import subprocess
 import time
 
 import pytest
-import torch
-from cli_runs import (
+from tests.helpers.cli_runs import (
     cli_command,
     metrics,
     prediction_lines,
@@ -25,7 +24,6 @@ BATCH_SIZE = 2
 
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_files, tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("uninterrupted")
     run_test(write_config(root / "config.yaml", tiny_files, root / "out", batch_size=BATCH_SIZE, limit=LIMIT))
     return root / "out"
@@ -38,10 +36,10 @@ def _assert_same_results(resumed, reference) -> None:
     assert metrics(resumed) == metrics(reference)
 
 
+@pytest.mark.slow
 def test_resume_after_an_exception(tiny_files, tmp_path, uninterrupted):
-    torch.set_num_threads(1)
     out = tmp_path / "out"
-    crash = {"class_path": "cli_runs.FailAfterBatches", "init_args": {"batches": 2}}
+    crash = {"class_path": "tests.helpers.cli_runs.FailAfterBatches", "init_args": {"batches": 2}}
     failing = write_config(tmp_path / "failing.yaml", tiny_files, out, batch_size=BATCH_SIZE, limit=LIMIT,
                            callbacks=[crash])
     with pytest.raises(RuntimeError, match="injected failure"):
@@ -55,7 +53,6 @@ def test_resume_after_an_exception(tiny_files, tmp_path, uninterrupted):
 
 @pytest.mark.slow
 def test_resume_after_the_process_is_killed(tiny_files, tmp_path, uninterrupted):
-    torch.set_num_threads(1)
     out = tmp_path / "out"
     config = write_config(tmp_path / "config.yaml", tiny_files, out, batch_size=BATCH_SIZE, limit=LIMIT)
     predictions = out / "predictions.jsonl"

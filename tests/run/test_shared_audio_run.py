@@ -4,10 +4,9 @@ answers exactly as encoding every row on its own does."""
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from cli_runs import responses, run_test, write_config
-from golden import SAKURA_MINI
+from tests.helpers.cli_runs import responses, run_test, write_config
+from tests.helpers.golden import SAKURA_MINI
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from salmonn_pl.lit_module import SalmonnModule
@@ -36,9 +35,9 @@ def _encode_row_by_row(self: SalmonnModule, batch: dict, ablation=None):
     return self.salmonn.encode_audio_per_ablation(*audio, self.row_ablations(batch, ablation))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
 def test_shared_encoding_gives_the_answers_of_row_by_row_encoding(tiny_files, tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     whisper_rows = []
     forward = WhisperEncoder.forward
 

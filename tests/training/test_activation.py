@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from golden import SAKURA_MINI
+from tests.helpers.golden import SAKURA_MINI
 from peft.tuners.lora import LoraLayer
 
 from salmonn_pl.data.annotations import AnnotationDataset, load_prompts
@@ -29,7 +29,6 @@ def _logits(module: SalmonnModule) -> torch.Tensor:
 
 
 def test_lora_scale_is_a_test_time_multiplier(tiny_config):
-    torch.set_num_threads(1)
     trained = SalmonnModule(tiny_config)
     trained.configure_model()
     half = SalmonnModule(tiny_config, lora_scale=0.5)
@@ -85,7 +84,6 @@ def test_activation_recipe_fits_the_long_answers(tiny_files, tmp_path):
     """
     from salmonn_pl.cli import build_cli
 
-    torch.set_num_threads(1)
     data = write_template_activation_set(SAKURA_MINI, tmp_path / "data", n=2)
     paths = [f"--model.model.{k}={v}" for k, v in tiny_files.items()]
     common = ["--config", str(CONFIGS / "activation.yaml"), *paths, "--model.output_dir", str(tmp_path / "out"),

@@ -3,7 +3,7 @@ data, both ranks end with the same weights, and the one checkpoint written loads
 
 import pytest
 import torch
-from fit_runs import checkpoint_callback, run_fit_subprocess, write_fit_config
+from tests.helpers.fit_runs import checkpoint_callback, run_fit_subprocess, write_fit_config
 
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS, load_salmonn_checkpoint, trainable_state_dict
 from salmonn_pl.model.salmonn import Salmonn
@@ -15,7 +15,7 @@ STEPS = 2  # 8 train items, batch 2, 2 ranks: one epoch is 2 steps
 def test_ddp_fit_on_two_cpu_processes(tiny_files, tiny_config, synthetic_task, tmp_path):
     record, checkpoints = tmp_path / "ranks", tmp_path / "checkpoints"
     callbacks = [checkpoint_callback(checkpoints, STEPS),
-                 {"class_path": "fit_runs.RecordTraining", "init_args": {"out_dir": str(record)}}]
+                 {"class_path": "tests.helpers.fit_runs.RecordTraining", "init_args": {"out_dir": str(record)}}]
     config = write_fit_config(tmp_path / "ddp.yaml", tiny_files, synthetic_task, tmp_path / "out", STEPS,
                               objectives={"prior_contrast_weight": 0.5, "prior_contrast_kind": "kl_uniform"},
                               trainer={"devices": 2, "strategy": "ddp"}, callbacks=callbacks)

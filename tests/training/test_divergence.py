@@ -3,7 +3,7 @@ never writes a checkpoint whose weights are not finite."""
 
 import pytest
 import torch
-from fit_runs import checkpoint_callback, run_fit, write_fit_config
+from tests.helpers.fit_runs import checkpoint_callback, run_fit, write_fit_config
 
 from salmonn_pl.lit_module import SalmonnModule
 from salmonn_pl.training import objectives as objectives_module
@@ -41,7 +41,6 @@ def _all_finite(path) -> bool:
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_fit_stops_at_the_first_non_finite_loss_or_gradient(tiny_files, synthetic_task, tmp_path, monkeypatch, kind):
-    torch.set_num_threads(1)
     _poison_lm_loss(monkeypatch, on_call=3, kind=kind)  # the third batch: global step 2 (epoch 0, batch 2)
     config = write_fit_config(tmp_path / "fit.yaml", tiny_files, synthetic_task, tmp_path / "run", 6,
                               callbacks=[checkpoint_callback(tmp_path / "ckpt", 1)],
@@ -60,8 +59,7 @@ def test_fit_stops_at_the_first_non_finite_loss_or_gradient(tiny_files, syntheti
 
 
 def test_no_checkpoint_is_written_with_non_finite_weights(tiny_files, synthetic_task, tmp_path):
-    torch.set_num_threads(1)
-    poison = {"class_path": "fit_runs.PoisonLoraAfterStep", "init_args": {"step": 2}}
+    poison = {"class_path": "tests.helpers.fit_runs.PoisonLoraAfterStep", "init_args": {"step": 2}}
     config = write_fit_config(tmp_path / "fit.yaml", tiny_files, synthetic_task, tmp_path / "run", 4,
                               callbacks=[poison, checkpoint_callback(tmp_path / "ckpt", 1)],
                               trainer={"val_check_interval": None, "limit_val_batches": 0})
@@ -87,7 +85,6 @@ def test_fp16_grad_scaler_skips_an_infinite_step_without_stopping_the_fit(tiny_f
                                                                            monkeypatch):
     """Under ``16-mixed`` with a GradScaler, inf/NaN gradients are the scaler's business (it skips the
     step and lowers its scale): the fit must go on."""
-    torch.set_num_threads(1)
     _poison_lm_loss(monkeypatch, on_call=2, kind="grad")
     scaler = {"class_path": "torch.amp.GradScaler", "init_args": {"device": "cpu"}}
     plugin = {"class_path": "lightning.pytorch.plugins.precision.MixedPrecision",
@@ -104,7 +101,6 @@ def test_fp16_grad_scaler_skips_an_infinite_step_without_stopping_the_fit(tiny_f
 
 def test_with_gradient_accumulation_the_gradient_is_checked_once_per_optimiser_step(tiny_files, synthetic_task,
                                                                                        tmp_path, monkeypatch):
-    torch.set_num_threads(1)
     _poison_lm_loss(monkeypatch, on_call=3, kind="grad")  # batch 2: the first half of optimiser step 1
     config = write_fit_config(tmp_path / "fit.yaml", tiny_files, synthetic_task, tmp_path / "run", 2,
                               callbacks=[checkpoint_callback(tmp_path / "ckpt", 1)],

@@ -7,7 +7,7 @@ drawn per (rank, epoch, batch) from the run's seed. Validation runs in between, 
 
 import pytest
 import torch
-from fit_runs import checkpoint_callback, run_fit, write_fit_config
+from tests.helpers.fit_runs import checkpoint_callback, run_fit, write_fit_config
 from torch.utils.data import DataLoader
 
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS, load_salmonn_checkpoint, trainable_state_dict
@@ -73,7 +73,6 @@ def test_seeded_rng_repeats_dropout_and_leaves_the_global_stream_alone():
 
 @pytest.mark.slow
 def test_resumed_fit_matches_uninterrupted_fit(tiny_files, synthetic_task, tmp_path):
-    torch.set_num_threads(1)
     objectives = {"prior_contrast_weight": 0.5, "prior_contrast_kind": "margin"}
 
     straight = write_fit_config(tmp_path / "straight.yaml", tiny_files, synthetic_task, tmp_path / "straight", TOTAL,

@@ -101,7 +101,6 @@ def _batch(synthetic_task):
 
 @pytest.mark.parametrize("kind", ["margin", "kl_uniform"])
 def test_losses_log_every_term_and_train_the_adapter(tiny_config, synthetic_task, kind):
-    torch.set_num_threads(1)
     module = SalmonnModule(tiny_config, objectives=Objectives(lm_weight=0.5, prior_contrast_weight=2.0,
                                                               prior_contrast_kind=kind))
     module.configure_model()
@@ -117,7 +116,6 @@ def test_losses_log_every_term_and_train_the_adapter(tiny_config, synthetic_task
 def test_kl_uniform_training_removes_the_text_prior(tiny_config):
     """Plant a text prior (fit the answers without audio), then optimise the KL term alone: the
     text-only option distribution goes back toward uniform."""
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     salmonn = Salmonn(tiny_config)
     salmonn.llm.eval()  # no dropout: the changes are the optimiser's doing

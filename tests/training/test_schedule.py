@@ -3,7 +3,7 @@
 import math
 
 import pytest
-from fit_runs import run_fit, write_fit_config
+from tests.helpers.fit_runs import run_fit, write_fit_config
 
 from salmonn_pl.training.schedule import OptimSettings, warmup_cosine_factor
 

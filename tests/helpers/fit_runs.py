@@ -21,7 +21,7 @@ from salmonn_pl.data.annotation_datamodule import AnnotationDataModule
 from salmonn_pl.data.synthetic import SyntheticTaskPaths
 from salmonn_pl.model.tiny import tiny_qformer_settings
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 class RecordTraining(L.Callback):
@@ -106,9 +106,9 @@ def run_fit(config: Path, *overrides: str):
 
 
 def run_fit_subprocess(config: Path, *overrides: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The same run as a separate process (what a user types), with this folder importable for the callbacks."""
+    """The same run as a separate process (what a user types), with ``tests.helpers`` importable for the callbacks."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "salmonn_pl.cli", "fit", "--config", str(config), *overrides]
     done = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, (

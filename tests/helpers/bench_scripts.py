@@ -4,11 +4,10 @@ import importlib.util
 import sys
 
 import pytest
-from golden import REPO_ROOT, SAKURA_MINI
+from tests.helpers.golden import REPO_ROOT, SAKURA_MINI
 
 BENCH = REPO_ROOT / "bench"
 needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
-sys.path.insert(0, str(BENCH))  # the scripts import their shared helpers as `common`
 
 
 def load_script(name: str, filename: str):
@@ -17,3 +16,8 @@ def load_script(name: str, filename: str):
     sys.modules[name] = module  # dataclasses look their module up while the script runs
     spec.loader.exec_module(module)
     return module
+
+
+# The scripts import their shared helpers as `common`: loaded here under that name, `import common`
+# finds it (in the scripts and in the tests) without the bench folder on sys.path.
+common = load_script("common", "common.py")
