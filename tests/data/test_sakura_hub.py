@@ -170,6 +170,9 @@ print(sorted(batch["id"]))
 def test_uncached_name_offline_fails_at_construction_saying_how_to_fetch_it(tmp_path: Path):
     script = """
 from salmonn_pl.data.datamodule import SakuraDataModule
+
+# End-to-end: subprocesses or whole `salmonn-pl test` runs.
+pytestmark = pytest.mark.slow
 try:
     SakuraDataModule("SLLM-multi-hop/AnimalQA")
 except Exception as err:

@@ -3,6 +3,8 @@
 import shutil
 import subprocess
 
+import pytest
+
 from tests.helpers.cli_runs import DEMO_SAKURA, cli_command, subprocess_env, write_config
 
 
@@ -11,6 +13,7 @@ def _run(config, *overrides):
                           timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_empty_track_and_zero_limit_fail_with_the_reason(tiny_files, tmp_path):
     root = tmp_path / "sakura"
     shutil.copytree(DEMO_SAKURA, root)

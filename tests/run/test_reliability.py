@@ -24,6 +24,9 @@ from salmonn_pl.eval.fingerprint import RunMismatch
 from salmonn_pl.eval.run_lock import OutputDirLocked
 from salmonn_pl.lit_module import BrokenRun, QuestionFailed
 
+# End-to-end: subprocesses or whole `salmonn-pl test` runs.
+pytestmark = pytest.mark.slow
+
 OPTION_SCORING = ("--model.decoding", "option_scoring")
 
 
