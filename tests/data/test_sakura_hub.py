@@ -25,6 +25,8 @@ import salmonn_pl
 from salmonn_pl.data.sakura import COLUMNS, TRACKS, load_question_audio, read_sakura
 
 datasets = pytest.importorskip("datasets")
+# End-to-end: each test loads the benchmark by name in a subprocess.
+pytestmark = pytest.mark.slow
 needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no sakura-mini at {SAKURA_MINI}")
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -171,8 +173,6 @@ def test_uncached_name_offline_fails_at_construction_saying_how_to_fetch_it(tmp_
     script = """
 from salmonn_pl.data.datamodule import SakuraDataModule
 
-# End-to-end: subprocesses or whole `salmonn-pl test` runs.
-pytestmark = pytest.mark.slow
 try:
     SakuraDataModule("SLLM-multi-hop/AnimalQA")
 except Exception as err:
