@@ -169,7 +169,7 @@ def url_cache_path(url: str) -> Path:
     """Where the file at ``url`` (without fragment) is cached: one folder per URL, the URL's file name."""
     filename = Path(unquote(urlsplit(url).path)).name or "download"
     folder = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return cached_assets_path(library_name="salmonn-pl", namespace="urls", subfolder=folder) / filename
+    return cached_assets_path(library_name="salmonn-pl", namespace="urls", subfolder=folder, assets_dir=constants.HF_ASSETS_CACHE) / filename
 
 
 def _resolve_url(parsed: WeightName, field: str, name: str) -> str:
