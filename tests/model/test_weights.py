@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from huggingface_hub import constants
 
 from salmonn_pl.model import weights
@@ -177,3 +178,19 @@ def test_a_run_naming_every_weight_offline_equals_the_run_with_local_paths(tiny_
     run_test(by_path)
     assert responses(tmp_path / "named") == responses(tmp_path / "paths") and len(responses(tmp_path / "paths")) == 4
     assert beats_server.requests == 1
+
+
+def test_prefetch_of_a_config_resolves_each_weight_it_names(hf_home, tiny_files, tmp_path, monkeypatch, capsys):
+    add_to_hub_cache(hf_home / "hub", "lmsys/vicuna-tiny", dir_files(Path(tiny_files["llm_path"])))
+    add_to_hub_cache(hf_home / "hub", "tsinghua-ee/SALMONN-tiny", {"salmonn_v1.pth": Path(tiny_files["ckpt"])})
+    config = tmp_path / "recipe.yaml"
+    config.write_text(yaml.safe_dump({"model": {"model": {
+        "llm_path": "lmsys/vicuna-tiny", "whisper_path": str(tiny_files["whisper_path"]),
+        "ckpt": "hf://tsinghua-ee/SALMONN-tiny/salmonn_v1.pth"}}}))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    weights.main(["--config", str(config)])
+    printed = capsys.readouterr().out.splitlines()
+    snapshots = hf_home / "hub" / "models--lmsys--vicuna-tiny" / "snapshots" / COMMIT
+    assert f"{config}: llm_path: lmsys/vicuna-tiny -> {snapshots}" in printed
+    assert any(line.endswith(f"models--tsinghua-ee--SALMONN-tiny/snapshots/{COMMIT}/salmonn_v1.pth") for line in printed)
+    assert len(printed) == 3
