@@ -8,7 +8,7 @@ an official SALMONN checkpoint (window Q-Former: BERT-base with 2 layers and cro
 1 query; LayerNorms; projection; LoRA rank 8 on q/v). Then ``salmonn-pl test`` runs as its own
 process (LLM in bfloat16, bfloat16 autocast, greedy, a few new tokens) on two SAKURA questions.
 
-Measured and written to ``bench/RESULTS.md`` (``## real_shapes``): the write time, the load time
+Measured and written to ``bench/RESULTS.md`` (``## real_shapes <size>``): the write time, the load time
 (model construction, Lightning's ``setup`` to ``on_test_start``), the peak resident memory of the
 test process (``ru_maxrss``) against the bytes of the weight files (goal: below 1.3x, i.e. no second
 full copy while loading, casting or wrapping with LoRA), and the parameter count of every part,
@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO_ROOT, SHARED, machine_header, markdown_table, write_section  # noqa: E402
 
 from salmonn_pl.model.beats import BEATs, BEATsConfig  # noqa: E402
+from salmonn_pl.generation.prefix_kv_cache import GENERATED_CHUNK  # noqa: E402
 from salmonn_pl.model.checkpoint import to_official_key  # noqa: E402
 from salmonn_pl.model.tiny import train_tokenizer  # noqa: E402
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer  # noqa: E402
@@ -417,10 +418,12 @@ def predict_gpu_memory(name: str, shapes: RealShapes, precision: str, batch: int
 
     LLM weights at 2 bytes (fp16/bf16) or, for 8-bit, 1 byte in every decoder linear layer and 2 in
     the embedding, lm_head and norms (bitsandbytes keeps lm_head in 16 bits); LoRA in fp32. Encoders
-    and the connector in fp32, as the official inference holds them. KV cache in 16 bits for every
-    beam over the prompt (``<s>``, template, 88 audio tokens, question: about 160 tokens) plus the new
-    tokens. Activations: the prefill of all rows through one decoder MLP and attention projections,
-    plus fp32 logits of the last position per row twice (scores and their log-softmax).
+    and the connector in fp32, as the official inference holds them. KV cache in 16 bits as
+    :class:`~salmonn_pl.generation.prefix_kv_cache.PrefixKVCache` holds it: the prompt (``<s>``,
+    template, 88 audio tokens, question: about 160 tokens) once per question, the new tokens per
+    beam (allocated in chunks of 32). Activations: the prefill of the questions through one decoder
+    MLP and the attention projections, plus fp32 logits of the last position per beam twice (scores
+    and their log-softmax).
     """
     counts = expected_counts(shapes)
     llm, h, i = shapes.llm, shapes.llm["hidden_size"], shapes.llm["intermediate_size"]
@@ -430,9 +433,10 @@ def predict_gpu_memory(name: str, shapes: RealShapes, precision: str, batch: int
     weights = (linear * 1 + other * 2) if precision == "int8" else (linear + other) * 2
     weights += counts["LoRA"] * 4
     encoders = 4 * sum(v for k, v in counts.items() if k not in ("LLaMA (+ [PAD] row)", "LoRA"))
-    rows, context = batch * beams, prompt_tokens + new_tokens
-    kv = 2 * layers * rows * context * h * 2
-    activations = rows * prompt_tokens * (3 * i + 4 * h) * 2 + 2 * rows * vocab * 4
+    rows = batch * beams
+    generated = math.ceil(new_tokens / GENERATED_CHUNK) * GENERATED_CHUNK
+    kv = 2 * layers * h * 2 * (batch * prompt_tokens + rows * generated)
+    activations = batch * prompt_tokens * (3 * i + 4 * h) * 2 + 2 * rows * vocab * 4
     return GpuMemory(name, precision, weights, encoders, kv, activations)
 
 
@@ -482,7 +486,7 @@ def main(size: str = "7b", work_dir: str | None = None, max_new_tokens: int = 4,
         size: the shapes (``7b`` = the released SALMONN-7B).
         work_dir: where the weights are written (default: a temporary directory, removed after).
         max_new_tokens: greedy tokens per answer.
-        results: a RESULTS.md whose ``## real_shapes`` section is replaced.
+        results: a RESULTS.md whose ``## real_shapes <size>`` section is replaced.
         keep: keep the written weights (with ``work_dir``).
         timeout_s: warn when the test run takes longer.
     """
@@ -511,7 +515,7 @@ def main(size: str = "7b", work_dir: str | None = None, max_new_tokens: int = 4,
     text = render(report)
     print(text)
     if results is not None:
-        write_section(Path(results), "real_shapes", text)
+        write_section(Path(results), f"real_shapes {size}", text)
     return report
 
 
@@ -533,7 +537,10 @@ def render(report: Report) -> str:
               report.peak_ratio, "yes" if report.peak_ratio < PEAK_RATIO_GOAL else "no"]],
         ),
         "",
-        f"Loaded dtypes: {report.dtypes}.",
+        f"Loaded dtypes: {report.dtypes}. The safetensors shards are memory-mapped: their pages are read on first "
+        "use, so part of the reading falls into the test rather than the load time, and the RSS after load counts only "
+        "the pages touched by then; the peak RSS (whole test process: imports, weights, generation) is the figure "
+        "compared with the bytes of the weight files.",
         "",
         markdown_table(["part", "parameters", "expected", "equal"],
                        [[k, f"{report.counts[k]:,}", f"{v:,}", report.counts[k] == v] for k, v in report.expected.items()]),

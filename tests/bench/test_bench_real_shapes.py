@@ -56,15 +56,16 @@ def test_toy_run_loads_through_salmonn_pl_test_and_writes_its_section(tmp_path):
     assert 0 < report.load_s < report.run_s
 
     text = results.read_text()
-    assert "## gpu\n\nkept" in text and "## real_shapes" in text
+    assert "## gpu\n\nkept" in text and "## real_shapes toy" in text
     assert "| 7B | int8 |" in text and "| 13B | float16 |" in text
 
 
 def test_gpu_memory_prediction_adds_up():
     m = bench.predict_gpu_memory("7b", bench.SIZES["7b"], "float16")
-    # 6.74B LLaMA weights at 2 bytes, LoRA at 4; KV: 2 x 32 layers x 64 rows x 360 positions x 4096 x 2 bytes.
+    # 6.74B LLaMA weights at 2 bytes, LoRA at 4; KV (2 x 32 layers x 4096 x 2 bytes per position): the
+    # 160-token prompt once per question (16), 224 generated positions (7 chunks of 32) per beam (64).
     assert m.llm_weights == bench.RELEASED_7B_COUNTS["LLaMA (+ [PAD] row)"] * 2 + bench.RELEASED_7B_COUNTS["LoRA"] * 4
-    assert m.kv_cache == 2 * 32 * 64 * 360 * 4096 * 2
+    assert m.kv_cache == 2 * 32 * 4096 * 2 * (16 * 160 + 64 * 224)
     int8 = bench.predict_gpu_memory("7b", bench.SIZES["7b"], "int8")
     assert 0.5 * m.llm_weights < int8.llm_weights < 0.6 * m.llm_weights  # embeddings and lm_head stay 16-bit
     assert bench.predict_gpu_memory("13b", bench.SIZES["13b"], "float16").total > m.total
