@@ -142,6 +142,7 @@ def test_names_not_cached_offline_fail_before_anything_loads(hf_home, tiny_files
     message = str(error.value)
     assert message.startswith("llm_path: 'lmsys/vicuna-13b-v1.1' is not in the Hugging Face cache")
     assert "HF_HUB_OFFLINE is set" in message and "hf download lmsys/vicuna-13b-v1.1" in message
+    assert "nor is it a local path" in message
     assert loaded == [] and not (tmp_path / "out" / "predictions.jsonl").exists()
 
     with pytest.raises(WeightsUnavailableError, match=r"ckpt: 'hf://tsinghua-ee/SALMONN/salmonn_v1.pth@v2'(?s:.*)hf download tsinghua-ee/SALMONN salmonn_v1.pth --revision v2"):

@@ -129,8 +129,9 @@ def resolve_weight(name: str, field: str, kind: Kind) -> str:
 def _unavailable(field: str, name: str, fetch: str, error: Exception) -> WeightsUnavailableError:
     where = f"the Hugging Face cache {constants.HF_HUB_CACHE}"
     reason = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"it could not be downloaded ({error})"
+    local = f" (nor is it a local path: {Path(name).expanduser().absolute()} does not exist)" if "://" not in name else ""
     return WeightsUnavailableError(
-        f"{field}: {name!r} is not in {where} and {reason}. Fetch it where there is network, into the cache "
+        f"{field}: {name!r} is not in {where}{local} and {reason}. Fetch it where there is network, into the cache "
         f"this run uses (HF_HOME / HF_HUB_CACHE):\n    {fetch}\n"
         f"or fetch every weight of a config: python -m salmonn_pl.model.weights --config <config.yaml>"
     )
@@ -151,7 +152,10 @@ def _resolve_repo(parsed: WeightName, field: str, name: str) -> str:
     except LocalEntryNotFoundError as error:
         raise _unavailable(field, name, fetch, error) from error
     except HfHubHTTPError as error:  # no such repo or revision, gated, no access
-        raise WeightsUnavailableError(f"{field}: {name!r}: {error}") from error
+        raise WeightsUnavailableError(
+            f"{field}: {name!r} is no local path ({Path(name).expanduser().absolute()} does not exist) and as a "
+            f"Hugging Face repo id: {error}"
+        ) from error
     raise WeightsUnavailableError(f"{field}: {name!r} ({folder}) holds neither *.safetensors nor *.bin weights")
 
 
