@@ -548,6 +548,9 @@ def render(report: Report) -> str:
         "Answers (random weights, so only their presence counts): "
         + "; ".join(f"{a.get('id')}: {a.get('response')!r}" for a in report.answers),
         "",
+        *([] if report.size == "7b" else [
+            "The released 7B shapes: `python bench/real_shapes.py --size 7b --results bench/RESULTS.md` (about 17 GB "
+            "of free RAM and disk).", ""]),
         "Predicted GPU memory of `salmonn-pl test`, batch 16 x 4 beams x 200 new tokens (about 160 prompt tokens), "
         f"including {CUDA_OVERHEAD / GIB:.1f} GiB of CUDA context and allocator slack; the smallest card leaves 7% free "
         "(see `predict_gpu_memory`):",
