@@ -4,8 +4,10 @@ SALMONN-7B's counts (checked on parts built without storage, at full size)."""
 
 import json
 
+import pytest
+
 import torch
-from bench_scripts import load_script
+from tests.helpers.bench_scripts import load_script
 from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -39,6 +41,7 @@ def test_count_formulas_give_the_released_7b_and_the_modules_at_full_size():
     assert lora == expected["LoRA"] and base + 2 * 4096 == expected["LLaMA (+ [PAD] row)"]
 
 
+@pytest.mark.slow
 def test_toy_run_loads_through_salmonn_pl_test_and_writes_its_section(tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmarks\n\n## gpu\n\nkept\n")

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from huggingface_hub import constants
 
+from tests.helpers.cli_runs import responses, run_test, write_config
+
 from salmonn_pl.model import weights
 from salmonn_pl.model.weights import WeightsUnavailableError, parse_weight_name, resolve_weight
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "run"))
-from cli_runs import responses, run_test, write_config  # noqa: E402
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -151,6 +151,7 @@ def test_names_not_cached_offline_fail_before_anything_loads(hf_home, tiny_files
         resolve_weight("https://valle.blob.core.windows.net/b.pt", "beats_path", "file")
 
 
+@pytest.mark.slow
 def test_a_run_naming_every_weight_offline_equals_the_run_with_local_paths(tiny_files, beats_server, tmp_path, monkeypatch):
     """`salmonn-pl test` with HF_HUB_OFFLINE=1 and HF_HOME at a prepared cache, as on a cluster
     without network: repo ids for the directories, hf:// for the checkpoint, the URL for BEATs."""
