@@ -46,7 +46,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder, sinusoids
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO_ROOT, SHARED, machine_header, markdown_table, write_section  # noqa: E402
+from common import REPO_ROOT, SHARED, beats_cfg, machine_header, markdown_table, write_section  # noqa: E402
 
 from salmonn_pl.model.beats import BEATs, BEATsConfig  # noqa: E402
 from salmonn_pl.generation.prefix_kv_cache import GENERATED_CHUNK  # noqa: E402
@@ -62,19 +62,6 @@ PEAK_RATIO_GOAL = 1.3
 
 
 # ------------------------------------------------------------------------------------------ shapes
-
-
-def beats_cfg(**overrides: object) -> dict:
-    """The cfg stored in BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt."""
-    cfg = dict(
-        input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
-        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu",
-        layer_wise_gradient_decay_ratio=0.6, layer_norm_first=False, deep_norm=True, dropout=0.0,
-        attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.05, dropout_input=0.0, conv_pos=128,
-        conv_pos_groups=16, relative_position_embedding=True, num_buckets=320, max_distance=800, gru_rel_pos=True,
-        finetuned_model=True, predictor_dropout=0.0, predictor_class=527,
-    )
-    return {**cfg, **overrides}
 
 
 WHISPER_LARGE_V2 = dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
