@@ -334,6 +334,9 @@ class SakuraWandbLogger(WandbLogger):
 
     def __init__(self, project: str = "salmonn-pl", save_dir: str = ".", online: bool = False, **kwargs: Any) -> None:
         super().__init__(project=project, save_dir=save_dir, offline=not online, **kwargs)
+        # Lightning passes anonymous=None, which W&B >= 0.19 answers with a deprecation notice on every run.
+        if self._wandb_init.get("anonymous", "unset") is None:
+            del self._wandb_init["anonymous"]
 
 
 PREDICTION_COLUMNS = (
