@@ -56,12 +56,19 @@ def _suggestion(message: str, parser: Any) -> str:
     unknown = re.findall(r"--[\w.\-]+", message.split("unrecognized arguments:", 1)[1]) \
         if "unrecognized arguments:" in message else []
     unknown += [f"--{key}" for key in re.findall(r'[Kk]ey "([\w.\-]+)" is not expected', message)]
+    unknown += [f"--{key}" for key in re.findall(r"Subcommand '[\w\-]+' does not accept option '([\w.\-]+)'", message)]
+    unknown += [f"--{group}.{key}" for group, key in
+                re.findall(r"Group '([\w.\-]+)' does not accept option '([\w.\-]+)'", message)]
     if not unknown:
         return ""
-    valid = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    valid = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    # A subcommand's options live in its own parser.
+    for action in parser._actions:
+        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(getattr(action, "choices", None), dict) else ():
+            valid |= {option for a in getattr(sub, "_actions", []) for option in a.option_strings if option.startswith("--")}
     hints = []
     for option in unknown:
-        close = difflib.get_close_matches(option, valid, n=1, cutoff=0.75)
+        close = difflib.get_close_matches(option, sorted(valid), n=1, cutoff=0.75)
         if close:
             hints.append(f"{option.removeprefix('--')}: did you mean {close[0].removeprefix('--')}?")
     return "\n".join(hints)
@@ -207,15 +214,28 @@ QUIET_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning", "pytorch_
                  "wandb", "httpx", "huggingface_hub")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the current ``sys.stderr`` (which test runners and notebooks replace)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def configure_messages(verbose: bool) -> None:
     """Show the project's own messages; silence third-party notices unless ``verbose``."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
     package_log = logging.getLogger("salmonn_pl")
-    package_log.addHandler(handler)
+    if not any(getattr(h, "salmonn_pl_console", False) for h in package_log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("[%(name)s] %(message)s"))
+        handler.salmonn_pl_console = True
+        package_log.addHandler(handler)
     # What a checkpoint load matched, skipped judges, etc. are INFO messages researchers need to see.
     package_log.setLevel(logging.INFO)
-    package_log.propagate = False
     if verbose:
         return
     for pattern in QUIET_WARNINGS:

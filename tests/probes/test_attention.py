@@ -298,9 +298,13 @@ def test_run_over_sakura_mini(tiny_files, tmp_path):
         pytest.skip(f"{SAKURA_MINI} is not available")
     from salmonn_pl.model.tiny import tiny_qformer_settings
 
+    # The layout of a `salmonn-pl test` config: model.model = the files, model.output_dir, trainer.
     config = {
-        "model": {**{k: str(v) for k, v in tiny_files.items()}, "llm_dtype": "float32",
-                  "qformer": vars(tiny_qformer_settings())},
+        "trainer": {"accelerator": "cpu", "devices": 1},
+        "model": {"model": {**{k: str(v) for k, v in tiny_files.items()}, "llm_dtype": "float32",
+                            "qformer": vars(tiny_qformer_settings())},
+                  "generation": {"max_new_tokens": 3, "num_beams": 1},
+                  "output_dir": str(tmp_path / "probe")},
         "data": {
             "class_path": "salmonn_pl.data.datamodule.SakuraDataModule",
             "init_args": {"root": str(SAKURA_MINI), "tracks": ["Animal"], "hops": ["single"], "limit": 2,
@@ -308,9 +312,6 @@ def test_run_over_sakura_mini(tiny_files, tmp_path):
                           "batch_size": 3},
         },
         "answers": "generated",
-        "generation": {"max_new_tokens": 3, "num_beams": 1},
-        "output_dir": str(tmp_path / "probe"),
-        "device": "cpu",
     }
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(config))
     main(["--config", str(tmp_path / "probe.yaml")])
