@@ -21,7 +21,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import Namespace
+import argparse
+
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
@@ -44,7 +46,10 @@ Companion tools: salmonn-pl-eval {rejudge,compare,report} (work on finished runs
 salmonn-pl-probe (attention-position probe). Add --verbose to see third-party messages.
 """
 
-CONFIG_FILE = "config.yaml"
+
+
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's lines (the command examples) as written."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +190,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
         LightningDataModule,
         subclass_mode_data=True,
         parser_class=SalmonnArgumentParser,
-        parser_kwargs={"description": DESCRIPTION},
+        parser_kwargs={"description": DESCRIPTION, "formatter_class": _HelpFormatter},
         save_config_callback=SaveConfigToOutputDir,
         save_config_kwargs={"overwrite": True},
         # The module owns its optimizer recipe (official AdamW + warm-up/cosine), see `optim`.
