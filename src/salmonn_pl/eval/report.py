@@ -11,17 +11,20 @@ variant whose audio tokens are all zeroed), both in percentage points.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from salmonn_pl.eval.metrics import (
     AVERAGE,
+    COLUMNS,
     PUBLISHED_SALMONN,
     TRACKS,
     SliceCounts,
@@ -41,6 +44,22 @@ METRICS_FILE = "metrics.json"
 POSITION_PLOT = "position_accuracy.png"
 POSITIONS = {"early": 0.0, "middle": 0.5, "late": 1.0}
 TEXT_ONLY_ABLATION = "zero_audio"
+# Ablations whose rows answer without audio: the text-only references of the grounding gap.
+TEXT_ONLY_ABLATIONS = ("zero_audio", "no_audio")
+CONFIG_FILE = "config.yaml"
+
+
+def run_settings(run_dir: str | Path | None) -> dict[str, Any]:
+    """The ``model`` section of a run's saved ``config.yaml`` (empty when there is none)."""
+    path = Path(run_dir) / CONFIG_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return {}
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else {}
 
 
 @dataclass
@@ -50,6 +69,7 @@ class Run:
     name: str
     records: list[Record]
     skipped: list[Any] = field(default_factory=list)  # questions the data loader left out, with reasons
+    directory: Path | None = None  # the run's output directory, whose config.yaml names its settings
 
     def __post_init__(self) -> None:
         self.counts: list[SliceCounts] = count_slices(self.records)
@@ -58,6 +78,23 @@ class Run:
         for record in self.records:
             params = (record.get("meta") or {}).get("variant_params")
             self.variant_params.setdefault(record["variant"], params if isinstance(params, dict) else {})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return run_settings(self.directory)
+
+    @property
+    def ablation(self) -> str:
+        """The run-level ablation (``model.ablation``), applied to every variant without its own."""
+        return str(self.settings.get("ablation") or "none")
+
+    @property
+    def model_identity(self) -> tuple[str, str] | None:
+        """Which model answered (LLM and checkpoint), to pair a run with its own text-only run."""
+        files = self.settings.get("model")
+        if not isinstance(files, dict):
+            return None
+        return str(files.get("llm_path")), str(files.get("ckpt"))
 
     @property
     def judges(self) -> list[str]:
@@ -73,19 +110,29 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     if metrics.exists():
         skipped = json.loads(metrics.read_text()).get("skipped", [])
     return Run(name=name or (run_dir.name if path.is_dir() or path.name == PREDICTIONS_FILE else path.stem),
-               records=read_predictions(path), skipped=skipped)
+               records=read_predictions(path), skipped=skipped, directory=run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rows, baselines and the grounding gap
 
 
+def _variant_label(run: Run, variant: str) -> str:
+    """The variant's name, with the run-level ablation when there is one (``no_audio``, not ``original``)."""
+    ablation = run.ablation
+    if ablation == "none" or str(run.variant_params.get(variant, {}).get("ablation", "none")) != "none":
+        return variant
+    return ablation if variant == "original" else f"{variant}+{ablation}"
+
+
 def _row_label(run: Run, variant: str, runs: Sequence[Run]) -> str:
-    return variant if len(runs) == 1 else f"{run.name} / {variant}"
+    label = _variant_label(run, variant)
+    return label if len(runs) == 1 else f"{run.name} / {label}"
 
 
 def _ablation(run: Run, variant: str) -> str:
-    return str(run.variant_params.get(variant, {}).get("ablation", "none"))
+    own = str(run.variant_params.get(variant, {}).get("ablation", "none"))
+    return own if own != "none" else run.ablation
 
 
 def _audio_free_key(run: Run, variant: str, ablation: str) -> str:
@@ -108,7 +155,7 @@ def grounding_gaps(runs: Sequence[Run], text_only_run: Run | None = None,
     for run in [*runs, *([text_only_run] if text_only_run and text_only_run not in runs else [])]:
         for variant in run.table:
             ablation = _ablation(run, variant)
-            if run is text_only_run or ablation == text_only_ablation:
+            if run is text_only_run or ablation in (text_only_ablation, *TEXT_ONLY_ABLATIONS):
                 text_only.append((run, variant, _audio_free_key(run, variant, ablation)))
     everyone = [*runs, *([text_only_run] if text_only_run and text_only_run not in runs else [])]
     gaps = []
@@ -116,11 +163,17 @@ def grounding_gaps(runs: Sequence[Run], text_only_run: Run | None = None,
         if run is text_only_run:
             continue
         for variant, row in run.table.items():
-            if _ablation(run, variant) != "none":
+            if _ablation(run, variant) in (text_only_ablation, *TEXT_ONLY_ABLATIONS):
                 continue
             key = _audio_free_key(run, variant, "none")
             partners = [t for t in text_only if t[2] == key]
-            partners.sort(key=lambda t: t[0] is not run)
+            # Same run first, then a run of the same model (a text-only run of another model is no
+            # reference for this one), then an explicit text-only run.
+            same_model = [t for t in partners if t[0] is run or t[0] is text_only_run
+                          or (run.model_identity is not None and t[0].model_identity == run.model_identity)]
+            if run.model_identity is not None:
+                partners = same_model
+            partners.sort(key=lambda t: (t[0] is not run, t[0] is not text_only_run))
             if partners:
                 partner_run, partner_variant, _ = partners[0]
                 gaps.append((_row_label(run, variant, everyone), _row_label(partner_run, partner_variant, everyone),
@@ -141,7 +194,27 @@ def _fmt(value: float | int | None, signed: bool = False) -> str:
 
 
 def _track_columns(runs: Sequence[Run]) -> tuple[str, ...]:
-    return table_columns(c.key.column for run in runs for c in run.counts)
+    """The track-hop columns of the runs: the study's eight when a SAKURA track is present, then
+    any other track's own columns."""
+    present = {c.key.column for run in runs for c in run.counts}
+    columns = table_columns(present)
+    return columns if present & set(COLUMNS) else tuple(c for c in columns if c not in COLUMNS)
+
+
+def average_label(columns: Sequence[str]) -> str:
+    """The average column's header names what it averages."""
+    if tuple(columns) == COLUMNS:
+        return "average (SAKURA 8)"
+    shown = ", ".join(columns) if len(columns) <= 3 else f"{columns[0]} … {columns[-1]}, {len(columns)} columns"
+    return f"average ({shown})"
+
+
+def _with_average(row: Mapping[str, Any], columns: Sequence[str], label: str) -> dict[str, Any]:
+    """``row`` with its mean over exactly ``columns`` under ``label``; None when it lacks one of them
+    (an average over other columns would not compare with the rest of the table)."""
+    values = [row.get(c) for c in columns]
+    average = sum(values) / len(values) if values and all(v is not None for v in values) else None
+    return {**{c: row.get(c) for c in columns}, label: average}
 
 
 def _table(
@@ -150,6 +223,12 @@ def _table(
     lines = [f"| {first_header} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {label} | " + " | ".join(_fmt(row.get(c), signed) for c in columns) + " |" for label, row in rows]
     return lines
+
+
+def _delta(row: Mapping[str, Any], reference: Mapping[str, Any], columns: Sequence[str], label: str) -> dict:
+    """Difference per track column (``reference`` empty: ``row`` is already one) and its average."""
+    difference = difference_pp(row, reference) if reference else dict(row)
+    return _with_average(difference, columns, label)
 
 
 def render_report(
@@ -162,7 +241,8 @@ def render_report(
 ) -> str:
     """The Markdown report; ``plots`` are image paths relative to the report."""
     track_columns = _track_columns([*runs, *(r for r in (baseline, text_only_run) if r is not None)])
-    columns = (*track_columns, AVERAGE)
+    average = average_label(track_columns)
+    columns = (*track_columns, average)
     judges = sorted({j for run in runs for j in run.judges}) or ["none"]
     lines = [
         "# SAKURA results",
@@ -173,10 +253,12 @@ def render_report(
         "## Accuracy (%)",
         "",
     ]
+    # The published row is a reference only where the table has the benchmark's columns.
     rows: list[tuple[str, Mapping[str, Any]]] = [
-        ("SALMONN (published)", {**PUBLISHED_SALMONN, AVERAGE: sum(PUBLISHED_SALMONN.values()) / len(PUBLISHED_SALMONN)})
-    ]
-    rows += [(_row_label(run, variant, runs), row) for run in runs for variant, row in run.table.items()]
+        ("SALMONN (published)", _with_average(PUBLISHED_SALMONN, track_columns, average))
+    ] if set(COLUMNS) & set(track_columns) else []
+    rows += [(_row_label(run, variant, runs), _with_average(row, track_columns, average))
+             for run in runs for variant, row in run.table.items()]
     lines += _table("run / variant" if len(runs) > 1 else "variant", rows, columns)
 
     summary_rows = [(run.name, overall(run.counts)) for run in runs]
@@ -196,13 +278,15 @@ def render_report(
             for variant, row in run.table.items():
                 reference = baseline.table.get(baseline_variant or variant)
                 if reference is not None and (run is not baseline or variant != (baseline_variant or variant)):
-                    delta_rows.append((_row_label(run, variant, runs), difference_pp(row, reference)))
+                    delta_rows.append((_row_label(run, variant, runs),
+                                       _delta(row, reference, track_columns, average)))
         lines += _table("run / variant", delta_rows, columns, signed=True) if delta_rows else ["No comparable rows."]
 
     gaps = grounding_gaps(runs, text_only_run, text_only_ablation)
     if gaps:
         lines += ["", "## Audio-grounding gap: with audio - text only (%p)", ""]
-        lines += _table("with audio (vs text only)", [(f"{a} (vs {t})", gap) for a, t, gap in gaps], columns, signed=True)
+        lines += _table("with audio (vs text only)", [(f"{a} (vs {t})", _delta(gap, {}, track_columns, average))
+                                                      for a, t, gap in gaps], columns, signed=True)
 
     flagged: dict[str, int] = {}
     for run in runs:
@@ -313,9 +397,15 @@ def write_report(
     text_only_run: Run | None = None,
     text_only_ablation: str = TEXT_ONLY_ABLATION,
 ) -> Path:
-    """Write ``report.md`` (and the position plot when there are positional variants) to ``output_dir``."""
+    """Write ``report.md`` (and the position plot when there are positional variants) to ``output_dir``.
+
+    A run's ``config.yaml`` (in its directory) names its run-level ablation and its model: rows of a
+    run evaluated with ``model.ablation: no_audio`` are named ``no_audio``, and a run's grounding gap
+    is taken against a text-only run of the same model."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if len(runs) == 1 and runs[0].directory is None:
+        runs[0].directory = output_dir  # a run's own report: its settings are in its config.yaml
     plot = plot_position_accuracy(runs, output_dir / POSITION_PLOT)
     text = render_report(runs, baseline, baseline_variant, text_only_run, text_only_ablation,
                          plots=[plot.name] if plot else [])
