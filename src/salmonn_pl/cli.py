@@ -30,6 +30,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 # Imported so that their classes are known subclasses: `--model.judge LLMJudge` resolves the short name.
 import salmonn_pl.eval.judge_llm  # noqa: F401
 import salmonn_pl.eval.judge_rule  # noqa: F401
+from salmonn_pl.callbacks import QuestionProgressBar
 from salmonn_pl.lit_module import SalmonnModule
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,16 @@ class SalmonnCLI(LightningCLI):
 
         for message in cpu_warnings(config, torch.cuda.is_available(), os.cpu_count()):
             log.warning(message)
+
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        # QuestionProgressBar prints the accuracy per variant x track-hop at the end of a test;
+        # Lightning's list of metric names (cut short in 80 columns) would repeat it.
+        bar = getattr(self.trainer, "progress_bar_callback", None)
+        if subcommand == "test" and isinstance(bar, QuestionProgressBar) and bar.print_accuracy:
+            kwargs["verbose"] = False
+        return kwargs
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> SalmonnCLI:
