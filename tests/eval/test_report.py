@@ -195,3 +195,14 @@ def test_text_only_runs_pair_with_their_own_models_run(tmp_path):
         ("after", "none", "fitted.ckpt"), ("after_text", "no_audio", "fitted.ckpt"))]
     pairs = {(audio, text) for audio, text, _ in grounding_gaps(runs)}
     assert pairs == {("before / original", "before_text / no_audio"), ("after / original", "after_text / no_audio")}
+
+
+def test_position_plot_of_four_tracks_and_two_hops_is_a_grid(tmp_path, sweep_run):
+    import matplotlib.image
+
+    from salmonn_pl.eval.report import plot_position_accuracy
+
+    image = matplotlib.image.imread(plot_position_accuracy([sweep_run], tmp_path / "grid.png"))
+    height, width = image.shape[:2]
+    # All questions + 8 track-hop panels in a 3 x 3 grid: about as tall as wide, not one long row.
+    assert 0.7 < height / width < 1.3, (height, width)

@@ -22,7 +22,7 @@ from salmonn_pl.probes.attention import (
     token_seconds,
     window_bounds,
 )
-from salmonn_pl.probes.plots import write_plots
+from salmonn_pl.probes.plots import clip_spans_by_variant, write_plots
 from salmonn_pl.probes.run import SUMMARY_COLUMNS, log_to_wandb, main
 
 SR = 16000
@@ -348,3 +348,17 @@ def test_wandb_gets_the_plots_and_one_row_per_variant(tiny_salmonn, tmp_path):
     audio_mass = table.columns.index("answer_audio_mass")
     assert table.data[0][audio_mass] == pytest.approx(float(variants["original"].answer_mass.mean(0).sum()))
     assert {f"probe/plots/{name}" for name in plots} <= set(payload)
+
+
+def test_clip_spans_mark_where_the_clip_ends_inside_the_padding(tiny_salmonn, tmp_path):
+    records = [{"variant": "late", "clip_span_s": [12.0, 15.0]}, {"variant": "late", "clip_span_s": [13.0, 15.0]},
+               {"variant": "late", "clip_span_s": [11.0, 15.0]}, {"variant": "original", "clip_span_s": None}]
+    assert clip_spans_by_variant(records) == {"late": (12.0, 15.0)}
+
+    aggregator = AttentionAggregator()
+    aggregator.add(profile_batch(tiny_salmonn, _collate(EXAMPLES), answers="reference"))
+    variants = aggregator.variants()
+    name = next(iter(variants))
+    plain = write_plots(variants, tmp_path / "plain")["attention_vs_time"]
+    marked = write_plots(variants, tmp_path / "marked", clip_spans={name: (0.4, 0.6)})["attention_vs_time"]
+    assert not np.array_equal(matplotlib.image.imread(plain), matplotlib.image.imread(marked))

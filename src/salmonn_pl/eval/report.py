@@ -11,6 +11,7 @@ variant whose audio tokens are all zeroed), both in percentage points.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -339,49 +340,66 @@ def _unpadded_variant(run: Run) -> str | None:
     return "original" if "original" in run.table else None
 
 
-def _accuracy(run: Run, variant: str, track: str | None) -> float:
-    counts = [c for c in run.counts if c.key.variant == variant and (track is None or c.key.track == track)]
+def _accuracy(run: Run, variant: str, column: str | None) -> float:
+    """Accuracy of a variant over every slice (``column`` None) or one track-hop column."""
+    counts = [c for c in run.counts if c.key.variant == variant and (column is None or c.key.column == column)]
     questions = sum(c.questions for c in counts)
     return 100.0 * sum(c.correct for c in counts) / questions if questions else float("nan")
 
 
 def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None:
     """Accuracy vs where the information sits (early / middle / late), one line per run, fill and
-    duration; panels for all tracks together and each track (hops pooled). The dashed line is the
-    run's unpadded accuracy. Returns None when no run has positional variants."""
+    duration; a grid of panels, all questions together and each track-hop column (the study's 4
+    tracks x 2 hops give 3 x 3 panels). The dashed line is the run's unpadded accuracy. Series are
+    shifted sideways a little and differ by marker, so identical ones stay visible. Returns None
+    when no run has positional variants."""
     per_run = [(run, _position_series(run)) for run in runs]
     if not any(series for _, series in per_run):
         return None
-    present = {c.key.track for run in runs for c in run.counts}
-    tracks = [t for t in TRACKS if t in present] + sorted(present - set(TRACKS))
-    panels: list[str | None] = [None, *tracks]
-    figure = Figure(figsize=(3.6 * len(panels), 3.8), layout="constrained")
+    columns = list(_track_columns(runs))
+    present = {c.key.column for run in runs for c in run.counts}
+    columns = [c for c in columns if c in present]
+    # "All" repeats the only column when there is one: no panel twice.
+    panels: list[str | None] = [None, *columns] if len(columns) > 1 else columns
+    grid_columns = min(3, len(panels))
+    grid_rows = math.ceil(len(panels) / grid_columns)
+    figure = Figure(figsize=(3.6 * grid_columns, 3.0 * grid_rows + 1.2), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    axes = figure.subplots(grid_rows, grid_columns, sharey=True, squeeze=False)
     colors = [f"C{i}" for i in range(10)]
-    for ax, track in zip(axes, panels):
+    series_count = sum(len(series) for _, series in per_run)
+    spread = 0.06 if series_count > 1 else 0.0
+    for index, ax in enumerate(axes.flat):
+        if index >= len(panels):
+            ax.set_visible(False)  # no empty panels
+            continue
+        column = panels[index]
         color_index = 0
         for run_index, (run, series) in enumerate(per_run):
-            # Runs differ by marker and reference-line style; fills and durations by colour.
-            marker, line_style = "os^Dv"[run_index % 5], ("--", ":", "-.")[run_index % 3]
+            # Runs differ by reference-line style; series by colour, marker and a small sideways shift.
+            line_style = ("--", ":", "-.")[run_index % 3]
             reference = _unpadded_variant(run)
             run_prefix = f"{run.name}: " if len(runs) > 1 else ""
             if reference is not None and series:
-                ax.axhline(_accuracy(run, reference, track), color="0.4", linestyle=line_style, linewidth=1,
-                           label=f"{run_prefix}{reference}")
+                ax.axhline(_accuracy(run, reference, column), color="0.4", linestyle=line_style, linewidth=1,
+                           label=f"{run_prefix}{_variant_label(run, reference)}")
             for label, points in sorted(series.items()):
                 xs = sorted(points)
-                ax.plot(xs, [_accuracy(run, points[x], track) for x in xs], marker=marker,
+                shift = (color_index - (series_count - 1) / 2) * spread / max(1, series_count - 1)
+                ax.plot([x + shift for x in xs], [_accuracy(run, points[x], column) for x in xs],
+                        marker="osD^v<>ph*"[color_index % 10], markersize=5, alpha=0.9,
                         color=colors[color_index % len(colors)], label=f"{run_prefix}{label}")
                 color_index += 1
-        ax.set_title(track or "All tracks")
+        ax.set_title(column or "all questions", fontsize="medium")
         ax.set_xticks(list(POSITIONS.values()), list(POSITIONS))
-        ax.set_xlim(-0.15, 1.15)
-        ax.set_xlabel("information position")
+        ax.set_xlim(-0.2, 1.2)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[0].set_ylim(0, 100)  # a fixed scale keeps plots of different runs comparable
-    handles, labels = axes[0].get_legend_handles_labels()
+        if index % grid_columns == 0:
+            ax.set_ylabel("accuracy (%)")
+        if index + grid_columns >= len(panels):
+            ax.set_xlabel("information position")
+    axes[0][0].set_ylim(-3, 103)  # one scale for every run; markers at 0 and 100 stay visible
+    handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
     figure.suptitle("SAKURA accuracy vs information position")
     path = Path(path)

@@ -36,7 +36,7 @@ from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import set_lora_scale
 from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig
 from salmonn_pl.probes.attention import AnswerSource, AttentionAggregator, VariantProfile, profile_batch
-from salmonn_pl.probes.plots import write_plots
+from salmonn_pl.probes.plots import clip_spans_by_variant, write_plots
 
 PROFILE_FILE = "attention_profile.json"
 
@@ -100,7 +100,7 @@ def probe_attention(
     path = out / PROFILE_FILE
     path.write_text(json.dumps(aggregator.report(settings), indent=1), encoding="utf-8")
     variants = aggregator.variants()
-    plots = write_plots(variants, out)
+    plots = write_plots(variants, out, clip_spans_by_variant(aggregator.records))
 
     if wandb_project:
         import wandb
