@@ -17,7 +17,8 @@ from salmonn_pl.eval.report import SakuraWandbLogger
 from salmonn_pl.model.tiny import tiny_qformer_settings
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+TINY = REPO / "configs" / "tiny.yaml"
+CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c != TINY)
 DEMO_SAKURA = REPO / "assets" / "demo-sakura"
 SAKURA_RECIPES = ["sakura_eval.yaml", "sakura_7b_eval.yaml", "padding_sweep.yaml", "ablation_sweep.yaml"]
 PLACEHOLDER = "/PATH/TO/"
@@ -50,7 +51,7 @@ def test_probe_config_parses(config, capsys):
         probe_main(["--config", str(config), "--print_config"])
     assert done.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["llm_path"] and printed["data"]["class_path"]
+    assert printed["model"]["model"]["llm_path"] and printed["data"]["class_path"]
 
 
 def tiny_overrides(tiny_files: dict[str, Path]) -> list[str]:
@@ -160,10 +161,89 @@ def test_main_recipe_runs_on_the_tiny_model(tiny_files, tmp_path, monkeypatch):
         "--model.model.llm_dtype", "float32", "--model.model.autocast_dtype", "none",
         "--model.generation.max_new_tokens", "4",
         "--model.output_dir", str(out),
-        "--trainer.logger.init_args.save_dir", str(tmp_path),
         "--data.init_args.limit", "1", "--data.init_args.batch_size", "2", "--data.init_args.num_workers", "0",
     ])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["overall"]["questions"] == 2 and metrics["judge"] == "rule"
     assert "synthetic-single" in (out / "report.md").read_text()
-    assert list((tmp_path / "wandb").glob("offline-run-*/files/media/table/test/predictions*.table.json"))
+    # The W&B run lives in the run's output directory.
+    assert list((out / "wandb").glob("offline-run-*/files/media/table/test/predictions*.table.json"))
+
+
+# ---------------------------------------------------------------------------------------------
+# configs/tiny.yaml: every recipe on a CPU with the bundled tiny model
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c not in PROBE_CONFIGS], ids=lambda p: p.name)
+def test_every_recipe_composes_with_tiny_yaml(config, monkeypatch):
+    """``--config <recipe> --config configs/tiny.yaml`` instantiates the tiny model's settings on CPU
+    with the demo data and keeps the recipe's own study settings (variants, decoding, judge)."""
+    monkeypatch.chdir(REPO)  # tiny.yaml's paths are relative to the repository, as in the README
+    recipe = yaml.safe_load(config.read_text())
+    # Fit recipes already use the tiny model; with tiny.yaml they are evaluated on the demo data.
+    cli = instantiate(config, "--config", str(TINY))
+    settings = cli.config
+    model = settings.model.model
+    assert model.llm_path == "assets/tiny-salmonn/llama" and model.ckpt == "assets/tiny-salmonn/salmonn_synthetic.pth"
+    assert (model.llm_dtype, model.autocast_dtype, model.qformer.hidden_size) == ("float32", "none", 32)
+    assert settings.trainer.accelerator == "cpu"
+    assert settings.data.class_path.endswith("SakuraDataModule") and settings.data.init_args.root == "assets/demo-sakura"
+    init_args = recipe["data"].get("init_args", {})
+    for key in ("variants", "sweep"):
+        if key in init_args and recipe["data"]["class_path"].endswith("SakuraDataModule"):
+            assert settings.data.init_args[key] is not None, key
+    if "decoding" in recipe["model"]:
+        assert settings.model.decoding == recipe["model"]["decoding"]
+
+
+@pytest.mark.parametrize("config", PROBE_CONFIGS, ids=lambda p: p.name)
+def test_probe_recipe_composes_with_tiny_yaml(config, capsys, monkeypatch):
+    from salmonn_pl.probes.run import main as probe_main
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        probe_main(["--config", str(config), "--config", str(TINY), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["model"]["llm_path"] == "assets/tiny-salmonn/llama"
+
+
+def test_probe_reads_a_test_recipe(capsys, monkeypatch):
+    """One file serves `salmonn-pl test` and `salmonn-pl-probe`: the probe parses a test recipe."""
+    from salmonn_pl.probes.run import main as probe_main
+
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit):
+        probe_main(["--config", "configs/padding_sweep.yaml", "--config", str(TINY), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["output_dir"] == "outputs/padding_sweep"
+    assert printed["data"]["init_args"]["sweep"]["pad_position"] == ["early", "middle", "late"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["padding_sweep.yaml", "ablation_sweep.yaml"])
+def test_study_recipe_runs_on_cpu_with_tiny_yaml(name, tmp_path, monkeypatch):
+    """The README's try-before-a-GPU command, limited to one clip per hop."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    build_cli(["test", "--config", f"configs/{name}", "--config", str(TINY), "--model.output_dir", str(out),
+               "--model.generation.max_new_tokens", "2", "--model.generation.num_beams", "1",
+               "--data.init_args.limit", "1"])
+    recipe = instantiate(REPO / "configs" / name, "--config", str(TINY))
+    expected_variants = len(recipe.datamodule.variants)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["overall"]["questions"] == 2 * expected_variants  # one clip, two hops
+    assert (out / "report.md").is_file() and (out / "config.yaml").is_file()
+
+
+def test_probe_runs_from_a_test_recipe_with_tiny_yaml(tmp_path, monkeypatch):
+    from salmonn_pl.probes.run import main as probe_main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "probe"
+    probe_main(["--config", "configs/padding_sweep.yaml", "--config", str(TINY), "--answers", "reference",
+                "--data.init_args.limit", "1", "--data.init_args.batch_size", "13", "--max_batches", "1",
+                "--model.output_dir", str(out)])
+    report = json.loads((out / "attention_profile.json").read_text())
+    assert len(report["variants"]) == 13 and (out / "attention_vs_time.png").is_file()

@@ -170,3 +170,20 @@ def test_rejudge_compare_and_report_from_the_command_line(tmp_path, finished_run
     assert "| run / llm / original |" not in text and "| llm / original |" in text
     assert "## Delta vs baseline run" in text
     assert "SALMONN (published)" in capsys.readouterr().out
+
+
+def test_report_is_written_beside_the_runs_not_in_the_working_directory(tmp_path, monkeypatch, capsys):
+    from eval_records import judged_records
+
+    runs = []
+    for name in ("a", "b"):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in judged_records(n_clips=2)))
+        runs.append(str(run))
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    main(["report", "--runs", json.dumps(runs)])
+    assert (tmp_path / "runs" / "sakura_report" / "report.md").is_file()
+    assert list(workdir.iterdir()) == []

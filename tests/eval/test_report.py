@@ -1,8 +1,10 @@
 """report.md tables, the position plot and offline W&B logging."""
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from tests.helpers.eval_records import judged_records, pad_sweep_variants
 
 from salmonn_pl.eval.metrics import AVERAGE, COLUMNS, PUBLISHED_SALMONN, difference_pp
@@ -11,6 +13,7 @@ from salmonn_pl.eval.report import (
     Run,
     SakuraWandbLogger,
     grounding_gaps,
+    load_run,
     log_to_wandb,
     render_report,
     write_report,
@@ -39,12 +42,12 @@ def test_accuracy_table_is_laid_out_like_the_study(sweep_run):
     text = render_report([sweep_run])
     rows = _markdown_rows(text, "## Accuracy (%)")
     header = rows.pop("variant")
-    assert header == [*COLUMNS, AVERAGE]
+    assert header == [*COLUMNS, "average (SAKURA 8)"]
     assert rows["SALMONN (published)"][:8] == [f"{v:.1f}" for v in PUBLISHED_SALMONN.values()]
     assert set(rows) - {"SALMONN (published)"} == set(sweep_run.table)
     for variant, cells in rows.items():
         if variant in sweep_run.table:
-            assert cells == [f"{sweep_run.table[variant][c]:.1f}" for c in header]
+            assert cells == [f"{sweep_run.table[variant][c]:.1f}" for c in (*COLUMNS, AVERAGE)]
 
 
 def test_unjudged_answers_are_reported(sweep_run):
@@ -136,12 +139,14 @@ def test_other_tracks_get_their_own_columns_after_the_study_ones():
     text = render_report([run])
     rows = _markdown_rows(text, "## Accuracy (%)")
     header = rows.pop("variant")
-    assert header == [*COLUMNS, "synthetic-multi", "synthetic-single", AVERAGE]
+    assert header == [*COLUMNS, "synthetic-multi", "synthetic-single",
+                      "average (animal-multi … synthetic-single, 10 columns)"]
     published = rows.pop("SALMONN (published)")
     assert published[:8] == [f"{v:.1f}" for v in PUBLISHED_SALMONN.values()]
-    assert published[8:10] == ["–", "–"]
+    # No published figure for the other track, so no average over the ten columns for that row.
+    assert published[8:] == ["–", "–", "–"]
     row = run.table["original"]
-    assert rows["original"] == [f"{row[c]:.1f}" for c in header]
+    assert rows["original"] == [f"{row[c]:.1f}" for c in (*header[:-1], AVERAGE)]
     # The copied track scores what the Animal track scores: the cells come from its own slices.
     assert row["synthetic-multi"] == row["animal-multi"] and row["synthetic-single"] == row["animal-single"]
 
@@ -156,8 +161,48 @@ def test_a_run_of_another_track_only_fills_its_own_columns():
     run = Run("demo", records)
     rows = _markdown_rows(render_report([run]), "## Accuracy (%)")
     header = rows.pop("variant")
-    assert header == [*COLUMNS, "synthetic-multi", "synthetic-single", AVERAGE]
+    # Its own columns only, an average that says what it averages, and no published SAKURA row.
+    assert header == ["synthetic-multi", "synthetic-single", "average (synthetic-multi, synthetic-single)"]
     cells = dict(zip(header, rows["original"]))
-    assert all(cells[c] == "–" for c in COLUMNS)
     assert cells["synthetic-single"] == f"{run.table['original']['synthetic-single']:.1f}" != "–"
-    assert "SALMONN (published)" in rows
+    table = run.table["original"]
+    assert cells[header[-1]] == f"{(table['synthetic-multi'] + table['synthetic-single']) / 2:.1f}"
+    assert "SALMONN (published)" not in rows
+
+
+def _run_dir(tmp_path, name: str, records: list[dict], ablation: str = "none", ckpt: str = "model.pth") -> Path:
+    """A run directory as `salmonn-pl test` leaves it: predictions.jsonl and the saved config.yaml."""
+    directory = tmp_path / name
+    directory.mkdir(parents=True)
+    with open(directory / "predictions.jsonl", "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    (directory / "config.yaml").write_text(yaml.safe_dump(
+        {"model": {"model": {"llm_path": "llama", "ckpt": ckpt}, "ablation": ablation, "output_dir": str(directory)}}))
+    return directory
+
+
+def test_a_run_level_ablation_names_its_rows(tmp_path):
+    directory = _run_dir(tmp_path, "after_text", judged_records(n_clips=2), ablation="no_audio")
+    rows = _markdown_rows(render_report([load_run(directory)]), "## Accuracy (%)")
+    assert "no_audio" in rows and "original" not in rows
+
+
+def test_text_only_runs_pair_with_their_own_models_run(tmp_path):
+    records = judged_records(n_clips=2)
+    runs = [load_run(_run_dir(tmp_path, name, records, ablation, ckpt)) for name, ablation, ckpt in (
+        ("before", "none", "base.pth"), ("before_text", "no_audio", "base.pth"),
+        ("after", "none", "fitted.ckpt"), ("after_text", "no_audio", "fitted.ckpt"))]
+    pairs = {(audio, text) for audio, text, _ in grounding_gaps(runs)}
+    assert pairs == {("before / original", "before_text / no_audio"), ("after / original", "after_text / no_audio")}
+
+
+def test_position_plot_of_four_tracks_and_two_hops_is_a_grid(tmp_path, sweep_run):
+    import matplotlib.image
+
+    from salmonn_pl.eval.report import plot_position_accuracy
+
+    image = matplotlib.image.imread(plot_position_accuracy([sweep_run], tmp_path / "grid.png"))
+    height, width = image.shape[:2]
+    # All questions + 8 track-hop panels in a 3 x 3 grid: about as tall as wide, not one long row.
+    assert 0.7 < height / width < 1.3, (height, width)

@@ -22,7 +22,7 @@ from salmonn_pl.probes.attention import (
     token_seconds,
     window_bounds,
 )
-from salmonn_pl.probes.plots import write_plots
+from salmonn_pl.probes.plots import clip_spans_by_variant, write_plots
 from salmonn_pl.probes.run import SUMMARY_COLUMNS, log_to_wandb, main
 
 SR = 16000
@@ -291,9 +291,13 @@ def test_run_over_sakura_mini(tiny_files, tmp_path):
         pytest.skip(f"{SAKURA_MINI} is not available")
     from salmonn_pl.model.tiny import tiny_qformer_settings
 
+    # The layout of a `salmonn-pl test` config: model.model = the files, model.output_dir, trainer.
     config = {
-        "model": {**{k: str(v) for k, v in tiny_files.items()}, "llm_dtype": "float32",
-                  "qformer": vars(tiny_qformer_settings())},
+        "trainer": {"accelerator": "cpu", "devices": 1},
+        "model": {"model": {**{k: str(v) for k, v in tiny_files.items()}, "llm_dtype": "float32",
+                            "qformer": vars(tiny_qformer_settings())},
+                  "generation": {"max_new_tokens": 3, "num_beams": 1},
+                  "output_dir": str(tmp_path / "probe")},
         "data": {
             "class_path": "salmonn_pl.data.datamodule.SakuraDataModule",
             "init_args": {"root": str(SAKURA_MINI), "tracks": ["Animal"], "hops": ["single"], "limit": 2,
@@ -301,9 +305,6 @@ def test_run_over_sakura_mini(tiny_files, tmp_path):
                           "batch_size": 3},
         },
         "answers": "generated",
-        "generation": {"max_new_tokens": 3, "num_beams": 1},
-        "output_dir": str(tmp_path / "probe"),
-        "device": "cpu",
     }
     (tmp_path / "probe.yaml").write_text(yaml.safe_dump(config))
     main(["--config", str(tmp_path / "probe.yaml")])
@@ -340,3 +341,17 @@ def test_wandb_gets_the_plots_and_one_row_per_variant(tiny_salmonn, tmp_path):
     audio_mass = table.columns.index("answer_audio_mass")
     assert table.data[0][audio_mass] == pytest.approx(float(variants["original"].answer_mass.mean(0).sum()))
     assert {f"probe/plots/{name}" for name in plots} <= set(payload)
+
+
+def test_clip_spans_mark_where_the_clip_ends_inside_the_padding(tiny_salmonn, tmp_path):
+    records = [{"variant": "late", "clip_span_s": [12.0, 15.0]}, {"variant": "late", "clip_span_s": [13.0, 15.0]},
+               {"variant": "late", "clip_span_s": [11.0, 15.0]}, {"variant": "original", "clip_span_s": None}]
+    assert clip_spans_by_variant(records) == {"late": (12.0, 15.0)}
+
+    aggregator = AttentionAggregator()
+    aggregator.add(profile_batch(tiny_salmonn, _collate(EXAMPLES), answers="reference"))
+    variants = aggregator.variants()
+    name = next(iter(variants))
+    plain = write_plots(variants, tmp_path / "plain")["attention_vs_time"]
+    marked = write_plots(variants, tmp_path / "marked", clip_spans={name: (0.4, 0.6)})["attention_vs_time"]
+    assert not np.array_equal(matplotlib.image.imread(plain), matplotlib.image.imread(marked))

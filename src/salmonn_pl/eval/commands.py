@@ -11,6 +11,7 @@ the preset's settings, e.g. ``--judge.init_args.base_url http://host:8000/v1``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -112,7 +113,7 @@ def report(
     baseline_variant: str | None = None,
     text_only: str | None = None,
     text_only_ablation: str = TEXT_ONLY_ABLATION,
-    output: str = "sakura_report",
+    output: str | None = None,
 ) -> str:
     """Write report.md over several runs, with deltas vs a baseline and the audio-grounding gap.
 
@@ -126,11 +127,16 @@ def report(
         text_only: run evaluated without audio, for the grounding gap; variants with the ablation
             ``text_only_ablation`` inside the runs are used too.
         text_only_ablation: name of the ablation that zeroes every audio token.
-        output: directory for report.md and the plot.
+        output: directory for report.md and the plot (default: ``sakura_report`` beside the runs, in
+            the runs' closest common directory).
     """
     loaded = {path: load_run(path) for path in runs}
     extra = {path: load_run(path) for path in (baseline, text_only) if path and path not in loaded}
     everything = {**loaded, **extra}
+    if output is None:
+        directories = [str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent) for p in everything]
+        output = str(Path(os.path.commonpath(directories)).parent / "sakura_report") if len(directories) == 1 \
+            else str(Path(os.path.commonpath(directories)) / "sakura_report")
     path = write_report(
         list(loaded.values()),
         output,

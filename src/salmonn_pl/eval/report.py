@@ -11,11 +11,14 @@ variant whose audio tokens are all zeroed), both in percentage points.
 from __future__ import annotations
 
 import json
+import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from lightning.pytorch.loggers import WandbLogger
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -23,6 +26,7 @@ from matplotlib.figure import Figure
 from salmonn_pl.eval.files import atomic_open, write_text_atomic
 from salmonn_pl.eval.metrics import (
     AVERAGE,
+    COLUMNS,
     PUBLISHED_SALMONN,
     TRACKS,
     SliceCounts,
@@ -42,6 +46,22 @@ METRICS_FILE = "metrics.json"
 POSITION_PLOT = "position_accuracy.png"
 POSITIONS = {"early": 0.0, "middle": 0.5, "late": 1.0}
 TEXT_ONLY_ABLATION = "zero_audio"
+# Ablations whose rows answer without audio: the text-only references of the grounding gap.
+TEXT_ONLY_ABLATIONS = ("zero_audio", "no_audio")
+CONFIG_FILE = "config.yaml"
+
+
+def run_settings(run_dir: str | Path | None) -> dict[str, Any]:
+    """The ``model`` section of a run's saved ``config.yaml`` (empty when there is none)."""
+    path = Path(run_dir) / CONFIG_FILE if run_dir is not None else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError:
+        return {}
+    model = config.get("model") if isinstance(config, dict) else None
+    return model if isinstance(model, dict) else {}
 
 
 @dataclass
@@ -51,6 +71,7 @@ class Run:
     name: str
     records: list[Record]
     skipped: list[Any] = field(default_factory=list)  # questions the data loader left out, with reasons
+    directory: Path | None = None  # the run's output directory, whose config.yaml names its settings
 
     def __post_init__(self) -> None:
         self.counts: list[SliceCounts] = count_slices(self.records)
@@ -59,6 +80,23 @@ class Run:
         for record in self.records:
             params = (record.get("meta") or {}).get("variant_params")
             self.variant_params.setdefault(record["variant"], params if isinstance(params, dict) else {})
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return run_settings(self.directory)
+
+    @property
+    def ablation(self) -> str:
+        """The run-level ablation (``model.ablation``), applied to every variant without its own."""
+        return str(self.settings.get("ablation") or "none")
+
+    @property
+    def model_identity(self) -> tuple[str, str] | None:
+        """Which model answered (LLM and checkpoint), to pair a run with its own text-only run."""
+        files = self.settings.get("model")
+        if not isinstance(files, dict):
+            return None
+        return str(files.get("llm_path")), str(files.get("ckpt"))
 
     @property
     def judges(self) -> list[str]:
@@ -74,19 +112,29 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     if metrics.exists():
         skipped = json.loads(metrics.read_text()).get("skipped", [])
     return Run(name=name or (run_dir.name if path.is_dir() or path.name == PREDICTIONS_FILE else path.stem),
-               records=read_predictions(path), skipped=skipped)
+               records=read_predictions(path), skipped=skipped, directory=run_dir)
 
 
 # ---------------------------------------------------------------------------------------------
 # Rows, baselines and the grounding gap
 
 
+def _variant_label(run: Run, variant: str) -> str:
+    """The variant's name, with the run-level ablation when there is one (``no_audio``, not ``original``)."""
+    ablation = run.ablation
+    if ablation == "none" or str(run.variant_params.get(variant, {}).get("ablation", "none")) != "none":
+        return variant
+    return ablation if variant == "original" else f"{variant}+{ablation}"
+
+
 def _row_label(run: Run, variant: str, runs: Sequence[Run]) -> str:
-    return variant if len(runs) == 1 else f"{run.name} / {variant}"
+    label = _variant_label(run, variant)
+    return label if len(runs) == 1 else f"{run.name} / {label}"
 
 
 def _ablation(run: Run, variant: str) -> str:
-    return str(run.variant_params.get(variant, {}).get("ablation", "none"))
+    own = str(run.variant_params.get(variant, {}).get("ablation", "none"))
+    return own if own != "none" else run.ablation
 
 
 def _audio_free_key(run: Run, variant: str, ablation: str) -> str:
@@ -109,7 +157,7 @@ def grounding_gaps(runs: Sequence[Run], text_only_run: Run | None = None,
     for run in [*runs, *([text_only_run] if text_only_run and text_only_run not in runs else [])]:
         for variant in run.table:
             ablation = _ablation(run, variant)
-            if run is text_only_run or ablation == text_only_ablation:
+            if run is text_only_run or ablation in (text_only_ablation, *TEXT_ONLY_ABLATIONS):
                 text_only.append((run, variant, _audio_free_key(run, variant, ablation)))
     everyone = [*runs, *([text_only_run] if text_only_run and text_only_run not in runs else [])]
     gaps = []
@@ -117,11 +165,17 @@ def grounding_gaps(runs: Sequence[Run], text_only_run: Run | None = None,
         if run is text_only_run:
             continue
         for variant, row in run.table.items():
-            if _ablation(run, variant) != "none":
+            if _ablation(run, variant) in (text_only_ablation, *TEXT_ONLY_ABLATIONS):
                 continue
             key = _audio_free_key(run, variant, "none")
             partners = [t for t in text_only if t[2] == key]
-            partners.sort(key=lambda t: t[0] is not run)
+            # Same run first, then a run of the same model (a text-only run of another model is no
+            # reference for this one), then an explicit text-only run.
+            same_model = [t for t in partners if t[0] is run or t[0] is text_only_run
+                          or (run.model_identity is not None and t[0].model_identity == run.model_identity)]
+            if run.model_identity is not None:
+                partners = same_model
+            partners.sort(key=lambda t: (t[0] is not run, t[0] is not text_only_run))
             if partners:
                 partner_run, partner_variant, _ = partners[0]
                 gaps.append((_row_label(run, variant, everyone), _row_label(partner_run, partner_variant, everyone),
@@ -142,7 +196,27 @@ def _fmt(value: float | int | None, signed: bool = False) -> str:
 
 
 def _track_columns(runs: Sequence[Run]) -> tuple[str, ...]:
-    return table_columns(c.key.column for run in runs for c in run.counts)
+    """The track-hop columns of the runs: the study's eight when a SAKURA track is present, then
+    any other track's own columns."""
+    present = {c.key.column for run in runs for c in run.counts}
+    columns = table_columns(present)
+    return columns if present & set(COLUMNS) else tuple(c for c in columns if c not in COLUMNS)
+
+
+def average_label(columns: Sequence[str]) -> str:
+    """The average column's header names what it averages."""
+    if tuple(columns) == COLUMNS:
+        return "average (SAKURA 8)"
+    shown = ", ".join(columns) if len(columns) <= 3 else f"{columns[0]} … {columns[-1]}, {len(columns)} columns"
+    return f"average ({shown})"
+
+
+def _with_average(row: Mapping[str, Any], columns: Sequence[str], label: str) -> dict[str, Any]:
+    """``row`` with its mean over exactly ``columns`` under ``label``; None when it lacks one of them
+    (an average over other columns would not compare with the rest of the table)."""
+    values = [row.get(c) for c in columns]
+    average = sum(values) / len(values) if values and all(v is not None for v in values) else None
+    return {**{c: row.get(c) for c in columns}, label: average}
 
 
 def _table(
@@ -151,6 +225,12 @@ def _table(
     lines = [f"| {first_header} | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
     lines += [f"| {label} | " + " | ".join(_fmt(row.get(c), signed) for c in columns) + " |" for label, row in rows]
     return lines
+
+
+def _delta(row: Mapping[str, Any], reference: Mapping[str, Any], columns: Sequence[str], label: str) -> dict:
+    """Difference per track column (``reference`` empty: ``row`` is already one) and its average."""
+    difference = difference_pp(row, reference) if reference else dict(row)
+    return _with_average(difference, columns, label)
 
 
 def render_report(
@@ -163,7 +243,8 @@ def render_report(
 ) -> str:
     """The Markdown report; ``plots`` are image paths relative to the report."""
     track_columns = _track_columns([*runs, *(r for r in (baseline, text_only_run) if r is not None)])
-    columns = (*track_columns, AVERAGE)
+    average = average_label(track_columns)
+    columns = (*track_columns, average)
     judges = sorted({j for run in runs for j in run.judges}) or ["none"]
     lines = [
         "# SAKURA results",
@@ -174,10 +255,12 @@ def render_report(
         "## Accuracy (%)",
         "",
     ]
+    # The published row is a reference only where the table has the benchmark's columns.
     rows: list[tuple[str, Mapping[str, Any]]] = [
-        ("SALMONN (published)", {**PUBLISHED_SALMONN, AVERAGE: sum(PUBLISHED_SALMONN.values()) / len(PUBLISHED_SALMONN)})
-    ]
-    rows += [(_row_label(run, variant, runs), row) for run in runs for variant, row in run.table.items()]
+        ("SALMONN (published)", _with_average(PUBLISHED_SALMONN, track_columns, average))
+    ] if set(COLUMNS) & set(track_columns) else []
+    rows += [(_row_label(run, variant, runs), _with_average(row, track_columns, average))
+             for run in runs for variant, row in run.table.items()]
     lines += _table("run / variant" if len(runs) > 1 else "variant", rows, columns)
 
     summary_rows = [(run.name, overall(run.counts)) for run in runs]
@@ -202,13 +285,15 @@ def render_report(
             for variant, row in run.table.items():
                 reference = baseline.table.get(baseline_variant or variant)
                 if reference is not None and (run is not baseline or variant != (baseline_variant or variant)):
-                    delta_rows.append((_row_label(run, variant, runs), difference_pp(row, reference)))
+                    delta_rows.append((_row_label(run, variant, runs),
+                                       _delta(row, reference, track_columns, average)))
         lines += _table("run / variant", delta_rows, columns, signed=True) if delta_rows else ["No comparable rows."]
 
     gaps = grounding_gaps(runs, text_only_run, text_only_ablation)
     if gaps:
         lines += ["", "## Audio-grounding gap: with audio - text only (%p)", ""]
-        lines += _table("with audio (vs text only)", [(f"{a} (vs {t})", gap) for a, t, gap in gaps], columns, signed=True)
+        lines += _table("with audio (vs text only)", [(f"{a} (vs {t})", _delta(gap, {}, track_columns, average))
+                                                      for a, t, gap in gaps], columns, signed=True)
 
     flagged: dict[str, int] = {}
     for run in runs:
@@ -261,49 +346,66 @@ def _unpadded_variant(run: Run) -> str | None:
     return "original" if "original" in run.table else None
 
 
-def _accuracy(run: Run, variant: str, track: str | None) -> float:
-    counts = [c for c in run.counts if c.key.variant == variant and (track is None or c.key.track == track)]
+def _accuracy(run: Run, variant: str, column: str | None) -> float:
+    """Accuracy of a variant over every slice (``column`` None) or one track-hop column."""
+    counts = [c for c in run.counts if c.key.variant == variant and (column is None or c.key.column == column)]
     questions = sum(c.questions for c in counts)
     return 100.0 * sum(c.correct for c in counts) / questions if questions else float("nan")
 
 
 def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None:
     """Accuracy vs where the information sits (early / middle / late), one line per run, fill and
-    duration; panels for all tracks together and each track (hops pooled). The dashed line is the
-    run's unpadded accuracy. Returns None when no run has positional variants."""
+    duration; a grid of panels, all questions together and each track-hop column (the study's 4
+    tracks x 2 hops give 3 x 3 panels). The dashed line is the run's unpadded accuracy. Series are
+    shifted sideways a little and differ by marker, so identical ones stay visible. Returns None
+    when no run has positional variants."""
     per_run = [(run, _position_series(run)) for run in runs]
     if not any(series for _, series in per_run):
         return None
-    present = {c.key.track for run in runs for c in run.counts}
-    tracks = [t for t in TRACKS if t in present] + sorted(present - set(TRACKS))
-    panels: list[str | None] = [None, *tracks]
-    figure = Figure(figsize=(3.6 * len(panels), 3.8), layout="constrained")
+    columns = list(_track_columns(runs))
+    present = {c.key.column for run in runs for c in run.counts}
+    columns = [c for c in columns if c in present]
+    # "All" repeats the only column when there is one: no panel twice.
+    panels: list[str | None] = [None, *columns] if len(columns) > 1 else columns
+    grid_columns = min(3, len(panels))
+    grid_rows = math.ceil(len(panels) / grid_columns)
+    figure = Figure(figsize=(3.6 * grid_columns, 3.0 * grid_rows + 1.2), layout="constrained")
     FigureCanvasAgg(figure)
-    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    axes = figure.subplots(grid_rows, grid_columns, sharey=True, squeeze=False)
     colors = [f"C{i}" for i in range(10)]
-    for ax, track in zip(axes, panels):
+    series_count = sum(len(series) for _, series in per_run)
+    spread = 0.06 if series_count > 1 else 0.0
+    for index, ax in enumerate(axes.flat):
+        if index >= len(panels):
+            ax.set_visible(False)  # no empty panels
+            continue
+        column = panels[index]
         color_index = 0
         for run_index, (run, series) in enumerate(per_run):
-            # Runs differ by marker and reference-line style; fills and durations by colour.
-            marker, line_style = "os^Dv"[run_index % 5], ("--", ":", "-.")[run_index % 3]
+            # Runs differ by reference-line style; series by colour, marker and a small sideways shift.
+            line_style = ("--", ":", "-.")[run_index % 3]
             reference = _unpadded_variant(run)
             run_prefix = f"{run.name}: " if len(runs) > 1 else ""
             if reference is not None and series:
-                ax.axhline(_accuracy(run, reference, track), color="0.4", linestyle=line_style, linewidth=1,
-                           label=f"{run_prefix}{reference}")
+                ax.axhline(_accuracy(run, reference, column), color="0.4", linestyle=line_style, linewidth=1,
+                           label=f"{run_prefix}{_variant_label(run, reference)}")
             for label, points in sorted(series.items()):
                 xs = sorted(points)
-                ax.plot(xs, [_accuracy(run, points[x], track) for x in xs], marker=marker,
+                shift = (color_index - (series_count - 1) / 2) * spread / max(1, series_count - 1)
+                ax.plot([x + shift for x in xs], [_accuracy(run, points[x], column) for x in xs],
+                        marker="osD^v<>ph*"[color_index % 10], markersize=5, alpha=0.9,
                         color=colors[color_index % len(colors)], label=f"{run_prefix}{label}")
                 color_index += 1
-        ax.set_title(track or "All tracks")
+        ax.set_title(column or "all questions", fontsize="medium")
         ax.set_xticks(list(POSITIONS.values()), list(POSITIONS))
-        ax.set_xlim(-0.15, 1.15)
-        ax.set_xlabel("information position")
+        ax.set_xlim(-0.2, 1.2)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("accuracy (%)")
-    axes[0].set_ylim(0, 100)  # a fixed scale keeps plots of different runs comparable
-    handles, labels = axes[0].get_legend_handles_labels()
+        if index % grid_columns == 0:
+            ax.set_ylabel("accuracy (%)")
+        if index + grid_columns >= len(panels):
+            ax.set_xlabel("information position")
+    axes[0][0].set_ylim(-3, 103)  # one scale for every run; markers at 0 and 100 stay visible
+    handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 4), fontsize="small")
     figure.suptitle("SAKURA accuracy vs information position")
     path = Path(path)
@@ -320,9 +422,15 @@ def write_report(
     text_only_run: Run | None = None,
     text_only_ablation: str = TEXT_ONLY_ABLATION,
 ) -> Path:
-    """Write ``report.md`` (and the position plot when there are positional variants) to ``output_dir``."""
+    """Write ``report.md`` (and the position plot when there are positional variants) to ``output_dir``.
+
+    A run's ``config.yaml`` (in its directory) names its run-level ablation and its model: rows of a
+    run evaluated with ``model.ablation: no_audio`` are named ``no_audio``, and a run's grounding gap
+    is taken against a text-only run of the same model."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if len(runs) == 1 and runs[0].directory is None:
+        runs[0].directory = output_dir  # a run's own report: its settings are in its config.yaml
     plot = plot_position_accuracy(runs, output_dir / POSITION_PLOT)
     text = render_report(runs, baseline, baseline_variant, text_only_run, text_only_ablation,
                          plots=[plot.name] if plot else [])
@@ -341,6 +449,9 @@ class SakuraWandbLogger(WandbLogger):
 
     def __init__(self, project: str = "salmonn-pl", save_dir: str = ".", online: bool = False, **kwargs: Any) -> None:
         super().__init__(project=project, save_dir=save_dir, offline=not online, **kwargs)
+        # Lightning passes anonymous=None, which W&B >= 0.19 answers with a deprecation notice on every run.
+        if self._wandb_init.get("anonymous", "unset") is None:
+            del self._wandb_init["anonymous"]
 
 
 PREDICTION_COLUMNS = (

@@ -33,6 +33,50 @@ def _color(index: int) -> str:
     return colormaps["tab20"](index % 20)
 
 
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = "osD^v<>ph*"
+
+
+def _style(index: int) -> dict:
+    """Colour, dash pattern and marker of the ``index``-th series: variants with identical curves
+    (e.g. the same clip padded at the same place with zeros and with noise) stay distinguishable."""
+    return {"color": _color(index), "linestyle": LINE_STYLES[index % len(LINE_STYLES)],
+            "marker": MARKERS[index % len(MARKERS)]}
+
+
+ClipSpans = Mapping[str, tuple[float, float]]
+
+
+def clip_spans_by_variant(records: Iterable[Mapping]) -> dict[str, tuple[float, float]]:
+    """Median ``(start, end)`` in seconds of where the clip sits in each variant's audio, from the
+    probe's per-question records (``clip_span_s``); variants without spans are left out."""
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for record in records:
+        span = record.get("clip_span_s")
+        if span:
+            spans.setdefault(str(record.get("variant")), []).append((float(span[0]), float(span[1])))
+    medians = {}
+    for name, values in spans.items():
+        starts, ends = sorted(v[0] for v in values), sorted(v[1] for v in values)
+        medians[name] = (starts[len(starts) // 2], ends[len(ends) // 2])
+    return medians
+
+
+def _mark_clip(ax, span: tuple[float, float] | None, total: float | None, **style) -> bool:
+    """Vertical lines where the clip starts / ends inside padding (nothing for an unpadded clip)."""
+    if span is None:
+        return False
+    start, end = span
+    drawn = False
+    if start > 0.05:
+        ax.axvline(start, linewidth=1.0, **style)
+        drawn = True
+    if total is None or end < total - 0.05:
+        ax.axvline(end, linewidth=1.0, **style)
+        drawn = True
+    return drawn
+
+
 def _profile(variant: VariantProfile, side: Side, quantity: Literal["mass", "share"]) -> torch.Tensor:
     """``[layers, n_audio]`` attention of one side of a variant."""
     return {
@@ -54,8 +98,10 @@ def _grid(count: int, max_columns: int = 4) -> tuple[int, int]:
     return math.ceil(count / columns), columns
 
 
-def plot_attention_vs_time(variants: Mapping[str, VariantProfile], path: str | Path) -> Path:
-    """Mean attention over layers vs seconds: rows answer tokens / last prompt token, columns mass / share."""
+def plot_attention_vs_time(variants: Mapping[str, VariantProfile], path: str | Path,
+                           clip_spans: ClipSpans | None = None) -> Path:
+    """Mean attention over layers vs seconds: rows answer tokens / last prompt token, columns mass /
+    share. Dotted vertical lines in a variant's colour mark where its clip starts / ends inside the padding."""
     figure = Figure(figsize=(13, 7.5), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(2, 2, sharex=True, squeeze=False)
@@ -66,8 +112,11 @@ def plot_attention_vs_time(variants: Mapping[str, VariantProfile], path: str | P
                 values = _profile(variant, side, quantity).mean(0)
                 if torch.isnan(values).all():
                     continue
-                ax.plot(variant.seconds[: len(values)].tolist(), values.tolist(), color=_color(index), linewidth=1.4,
+                times = variant.seconds[: len(values)]
+                ax.plot(times.tolist(), values.tolist(), linewidth=1.4, markersize=3,
+                        markevery=max(1, len(values) // 12), **_style(index),
                         label=f"{name} (n={variant.answered if side == 'answer' else variant.questions})")
+                _mark_clip(ax, (clip_spans or {}).get(name), _audio_end(times), color=_color(index), linestyle=":")
             what = "attention mass" if quantity == "mass" else "share of audio attention"
             ax.set_title(f"{SIDE_TITLES[side]}: {what}")
             ax.set_ylabel("attention probability" if quantity == "mass" else "share (sums to 1 over audio)")
@@ -77,12 +126,16 @@ def plot_attention_vs_time(variants: Mapping[str, VariantProfile], path: str | P
     handles, labels = axes[1][0].get_legend_handles_labels()
     if handles:
         figure.legend(handles, labels, loc="outside right center", fontsize="small", title="variant")
-    figure.suptitle("Where the LLM attends in the audio (mean over heads and layers)")
+    title = "Where the LLM attends in the audio (mean over heads and layers)"
+    if clip_spans:
+        title += "\ndotted lines: where the clip starts / ends inside the padding"
+    figure.suptitle(title)
     return _save(figure, path)
 
 
 def plot_layer_time_heatmap(
-    variants: Mapping[str, VariantProfile], path: str | Path, side: Side = "answer"
+    variants: Mapping[str, VariantProfile], path: str | Path, side: Side = "answer",
+    clip_spans: ClipSpans | None = None,
 ) -> Path:
     """Layer x time heatmap of the share of audio attention, one panel per variant (shared colour scale)."""
     shown = {name: v for name, v in variants.items() if not torch.isnan(_profile(v, side, "share")).all()}
@@ -103,6 +156,8 @@ def plot_layer_time_heatmap(
         )
         ax.set_title(name, fontsize="medium")
         ax.set_yticks(range(0, layers, max(1, layers // 8)))
+        _mark_clip(ax, (clip_spans or {}).get(name), _audio_end(shown[name].seconds[: share.size(1)]),
+                   color="white", linestyle="--")
     _label_panels(axes, len(maps), "time in audio (s)", "LLM layer")
     if image is not None:
         figure.colorbar(image, ax=axes, label="share of audio attention", shrink=0.9)
@@ -124,7 +179,7 @@ def plot_qformer_frames(variants: Mapping[str, VariantProfile], path: str | Path
         kernel = profile.numel()
         offsets = [(f + 0.5) * MS_PER_FRAME for f in range(kernel)]
         label = name if in_audio is not None else f"{name} (all windows)"
-        ax.plot(offsets, profile.tolist(), marker="o", markersize=3, color=_color(index), label=label)
+        ax.plot(offsets, profile.tolist(), markersize=4, **_style(index), label=label)
     if kernel:
         ax.axhline(1.0 / kernel, color="0.4", linestyle="--", linewidth=1, label="uniform")
     ax.set_xlabel("frame centre within the window (ms from the window's start)")
@@ -160,15 +215,18 @@ def plot_qformer_window_map(variants: Mapping[str, VariantProfile], path: str | 
     return _save(figure, path)
 
 
-def write_plots(variants: Mapping[str, VariantProfile], output_dir: str | Path) -> dict[str, Path]:
-    """Every probe plot into ``output_dir``; returns them by name (no plots for an empty probe)."""
+def write_plots(variants: Mapping[str, VariantProfile], output_dir: str | Path,
+                clip_spans: ClipSpans | None = None) -> dict[str, Path]:
+    """Every probe plot into ``output_dir``; returns them by name (no plots for an empty probe).
+    ``clip_spans`` (:func:`clip_spans_by_variant`) marks where each variant's clip sits in time."""
     if not variants:
         return {}
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     plots = {
-        "attention_vs_time": plot_attention_vs_time(variants, output_dir / "attention_vs_time.png"),
-        "attention_layer_time": plot_layer_time_heatmap(variants, output_dir / "attention_layer_time.png"),
+        "attention_vs_time": plot_attention_vs_time(variants, output_dir / "attention_vs_time.png", clip_spans),
+        "attention_layer_time": plot_layer_time_heatmap(variants, output_dir / "attention_layer_time.png",
+                                                        clip_spans=clip_spans),
     }
     # Long-audio runs carry no Q-Former weights (see QuestionProfile.qformer_frames).
     if any(v.qformer_frames is not None for v in variants.values()):
