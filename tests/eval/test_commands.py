@@ -173,7 +173,7 @@ def test_rejudge_compare_and_report_from_the_command_line(tmp_path, finished_run
 
 
 def test_report_is_written_beside_the_runs_not_in_the_working_directory(tmp_path, monkeypatch, capsys):
-    from eval_records import judged_records
+    from tests.helpers.eval_records import judged_records
 
     runs = []
     for name in ("a", "b"):
