@@ -62,6 +62,7 @@ from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig  # noqa: E402
 from salmonn_pl.model.tiny import train_tokenizer  # noqa: E402
 from salmonn_pl.model.tokenizer import SalmonnTokenizer  # noqa: E402
 from salmonn_pl.model.window_qformer import QFormerSettings  # noqa: E402
+from salmonn_pl.generation.generate import generate  # noqa: E402
 
 # float32 is there for CPU runs at toy size; 8-bit computes in fp16 around its int8 weights.
 Precision = Literal["float16", "bfloat16", "int8", "float32"]
@@ -358,7 +359,7 @@ def measure(
         return salmonn.encode_audio(batch.spectrogram, batch.raw_wav, batch.padding_mask, batch.wav_lengths)["audio_tokens"]
 
     def answer() -> None:
-        salmonn.generate(batch.prompts, encode(), settings, padding_side="left")
+        generate(salmonn, batch.prompts, encode(), settings, padding_side="left")
 
     result.answer_s = best_seconds(answer, device, warmup, repeats)
     result.encode_s = best_seconds(encode, device, warmup, repeats)

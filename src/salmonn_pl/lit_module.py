@@ -31,12 +31,15 @@ from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_g
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, diverse_beam_generate
 from salmonn_pl.generation.format_forcing import FormatForcingSettings, format_forcing_processor
+from salmonn_pl.generation.generate import generate
 from salmonn_pl.generation.nonfinite import NonFiniteLogits
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
-from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.model import audio_encoding
+from salmonn_pl.model.audio_encoding import CarriedAudioTokens
+from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import at_least, require
 from salmonn_pl.training.checkpointing import (
     check_trainable_state,
@@ -172,7 +175,7 @@ class SalmonnModule(L.LightningModule):
         among others), or ``None`` when every row is text-only.
 
         Evaluating, every distinct audio of the batch (``meta["audio_key"]``) is encoded once, by the
-        encoders its rows' ablations keep (:meth:`Salmonn.encode_audio_shared`), and an audio already
+        encoders its rows' ablations keep (:func:`~salmonn_pl.model.audio_encoding.encode_audio_shared`), and an audio already
         encoded for the previous batch (a clip whose questions straddle the two) is not encoded again;
         the tokens are those of encoding row by row. Training encodes row by row, so that every row
         draws its own Q-Former dropout.
@@ -180,10 +183,10 @@ class SalmonnModule(L.LightningModule):
         ablations = self.row_ablations(batch, ablation)
         audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
         if self.training:
-            return self.salmonn.encode_audio_per_ablation(*audio, ablations)
+            return audio_encoding.encode_audio_per_ablation(self.salmonn, *audio, ablations)
         metas = batch.get("meta") or [{}] * len(ablations)
         keys = [meta.get("audio_key") for meta in metas]
-        return self.salmonn.encode_audio_shared(*audio, ablations, keys, carry=self.carried_audio)
+        return audio_encoding.encode_audio_shared(self.salmonn, *audio, ablations, keys, carry=self.carried_audio)
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -322,7 +325,7 @@ class SalmonnModule(L.LightningModule):
         elif self.decoding == "diverse_beam":
             result = diverse_beam_generate(m, batch["prompt"], audio, self.generation, self.diverse_beam, side, processors)
         else:
-            result = m.generate(batch["prompt"], audio, self.generation, side, processors)
+            result = generate(m, batch["prompt"], audio, self.generation, side, processors)
         n = self.generation.num_return_sequences
         texts = [m.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in result.sequences]
         # With several returned sequences the best one answers; the others are kept for inspection.

@@ -19,6 +19,7 @@ from salmonn_pl.data.datamodule import SakuraDataModule
 from salmonn_pl.data.long_audio import Clip, build_long_audio, distractor_candidates, sakura_clip_pool
 from salmonn_pl.data.sakura import TRACKS, read_sakura
 from salmonn_pl.data.variants import Variant
+from salmonn_pl.generation.generate import generate
 
 SR = 16000
 needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA mini set at {SAKURA_MINI}")
@@ -266,5 +267,5 @@ def test_tiny_model_encodes_long_examples_as_thirty_second_chunks(tiny_config):
         assert [tokens.shape[0] for tokens in encoded["audio_tokens"]] == [2 * per_chunk, 4 * per_chunk]
         assert all(torch.isfinite(tokens).all() for tokens in encoded["audio_tokens"])
         settings = GenerationSettings(max_new_tokens=3, num_beams=1)
-        result = model.generate(batch["prompt"], encoded["audio_tokens"], settings)
+        result = generate(model, batch["prompt"], encoded["audio_tokens"], settings)
     assert len(result.sequences) == 2

@@ -15,6 +15,7 @@ from salmonn_pl.generation.processors import (
     LogitsProcessorSettings,
     build_logits_processors,
 )
+from salmonn_pl.generation.generate import generate
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) low tone (b) white noise\nASSISTANT:"
 
@@ -47,7 +48,7 @@ def test_sequence_bias_steers_the_answer(tiny_salmonn):
 
     def answer(bias: dict[str, float]) -> list[int]:
         processors = build_logits_processors(LogitsProcessorSettings(sequence_bias=bias), tok, [PROMPT])
-        return tiny_salmonn.generate([PROMPT], audio, settings, logits_processors=processors).sequences[0]
+        return generate(tiny_salmonn, [PROMPT], audio, settings, logits_processors=processors).sequences[0]
 
     i_cannot = tok.encode("I cannot")
     assert answer({"I": 100.0, "I cannot": 200.0})[: len(i_cannot)] == i_cannot  # a phrase pushed up

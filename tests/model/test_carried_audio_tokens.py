@@ -7,7 +7,7 @@ from tests.helpers.encoder_counts import count_encoder_rows
 
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
-from salmonn_pl.model.salmonn import CarriedAudioTokens
+from salmonn_pl.model.audio_encoding import CarriedAudioTokens, encode_audio_per_ablation, encode_audio_shared
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 ATOL = 1e-6  # differently composed encoder batches may round differently (fp32)
@@ -33,7 +33,7 @@ def _encode(model, batch: dict, carry: CarriedAudioTokens | None):
     shared = _encode_shared(model, batch, carry)
     audio = (batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
     with torch.no_grad():
-        reference = model.encode_audio_per_ablation(*audio, [m["ablation"] for m in batch["meta"]])
+        reference = encode_audio_per_ablation(model, *audio, [m["ablation"] for m in batch["meta"]])
     return shared, reference
 
 
@@ -42,7 +42,7 @@ def _encode_shared(model, batch: dict, carry: CarriedAudioTokens | None):
     keys = [m["audio_key"] for m in batch["meta"]]
     audio = (batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
     with torch.no_grad():
-        return model.encode_audio_shared(*audio, ablations, keys, carry=carry)
+        return encode_audio_shared(model, *audio, ablations, keys, carry=carry)
 
 
 def _assert_close(shared, reference) -> None:

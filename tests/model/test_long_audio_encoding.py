@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.generation.generate import generate
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 
@@ -48,7 +49,7 @@ def test_long_clip_gets_one_token_block_per_chunk(tiny_salmonn):
 
     inputs = model.assemble(batch["prompt"], out["audio_tokens"])
     assert inputs.audio_mask.sum(1).tolist() == [3 * per_chunk, per_chunk]
-    result = model.generate(batch["prompt"], out["audio_tokens"], __import__("salmonn_pl.generation.decode", fromlist=["x"]).GenerationSettings(max_new_tokens=4, num_beams=1))
+    result = generate(model, batch["prompt"], out["audio_tokens"], __import__("salmonn_pl.generation.decode", fromlist=["x"]).GenerationSettings(max_new_tokens=4, num_beams=1))
     assert len(result.sequences) == 2
 
 

@@ -10,6 +10,7 @@ from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.model.tiny import tiny_qformer_settings, write_tiny_salmonn
+from salmonn_pl.generation.generate import generate
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 
@@ -26,7 +27,7 @@ def _run(model: Salmonn) -> torch.Tensor:
     batch = _batch()
     with torch.no_grad():
         tokens = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
-        result = model.generate(batch["prompt"], tokens, GenerationSettings(max_new_tokens=3, num_beams=2))
+        result = generate(model, batch["prompt"], tokens, GenerationSettings(max_new_tokens=3, num_beams=2))
         loss = model.lm_loss(model.assemble(batch["prompt"], tokens, batch["text"]))
     assert len(result.sequences) == 2 and torch.isfinite(loss)
     return tokens

@@ -19,9 +19,11 @@ from tests.helpers.golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
 from salmonn_pl.cli import build_cli
 from salmonn_pl.data.audio import load_audio
 from salmonn_pl.data.collate import SpeechCollator
-from salmonn_pl.generation.decode import GenerationSettings, generate
+from salmonn_pl.generation import decode
+from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import set_pad_rows
 from salmonn_pl.model.salmonn import Salmonn
+from salmonn_pl.generation.generate import generate
 
 
 
@@ -116,9 +118,9 @@ def test_single_wav_parity(golden, build):
         assert_close(llm_out.logits[:, -1], golden[f"wav{i}.logits_last"], f"wav{i}.logits_last")
         assert_close(llm_out.hidden_states[-1], golden[f"wav{i}.llm_last_hidden"], f"wav{i}.llm_last_hidden")
 
-        greedy = model.generate([example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=1))
+        greedy = generate(model, [example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=1))
         assert greedy.sequences == [golden[f"wav{i}.gen_greedy_ids"][1:].tolist()], f"wav{i} greedy"
-        beam = model.generate([example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=4))
+        beam = generate(model, [example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=4))
         assert beam.sequences == [golden[f"wav{i}.gen_beam4_ids"][1:].tolist()], f"wav{i} beam"
         assert_close(torch.tensor(beam.sequence_scores, dtype=torch.float32), golden[f"wav{i}.gen_beam4_sequence_score"], f"wav{i}.beam score")
 
@@ -160,7 +162,7 @@ def test_official_batch_parity(golden, build):
     gen_inputs = model.assemble(prompts, out["audio_tokens"], padding_side="right")
     assert_close(gen_inputs.attention_mask, golden["batch.gen_attention_mask"], "batch.gen_attention_mask")
     settings = GenerationSettings(max_new_tokens=10, num_beams=1, stop_on_first_row_eos=True)
-    result = generate(model.llm, gen_inputs.inputs_embeds, gen_inputs.attention_mask, settings)
+    result = decode.generate(model.llm, gen_inputs.inputs_embeds, gen_inputs.attention_mask, settings)
     expected = golden["batch.gen_greedy_ids"][:, 1:]
     got = torch.zeros_like(expected)  # finished rows continue with the LLaMA generation pad id 0
     for row, seq in enumerate(result.sequences):

@@ -10,7 +10,7 @@ from tests.helpers.golden import SAKURA_MINI
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from salmonn_pl.lit_module import SalmonnModule
-from salmonn_pl.model.salmonn import USES_WHISPER
+from salmonn_pl.model.audio_encoding import USES_WHISPER, encode_audio_per_ablation
 
 BATCH_SIZE = 8
 VARIANTS = [
@@ -32,7 +32,7 @@ def _sakura_mini_config(tiny_files: dict, path: Path, output_dir: Path) -> Path:
 def _encode_row_by_row(self: SalmonnModule, batch: dict, ablation=None):
     """The encoding before sharing: every row its own pass through the encoders."""
     audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
-    return self.salmonn.encode_audio_per_ablation(*audio, self.row_ablations(batch, ablation))
+    return encode_audio_per_ablation(self.salmonn, *audio, self.row_ablations(batch, ablation))
 
 
 @pytest.mark.slow

@@ -38,6 +38,7 @@ from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import embed_tokens
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.model.window_qformer import WHISPER_FRAMES_PER_30S, WindowQFormer
+from salmonn_pl.generation.generate import generate
 
 AnswerSource = Literal["generated", "reference"]
 
@@ -249,7 +250,7 @@ def profile_batch(
 
     eos = model.tokenizer.eos_token_id
     if answers == "generated":
-        decoded = model.generate(prompts, audio_tokens, generation or GenerationSettings(), "left")
+        decoded = generate(model, prompts, audio_tokens, generation or GenerationSettings(), "left")
         answer_ids = [strip_eos(seq, eos) for seq in decoded.sequences]
     else:
         answer_ids = [strip_eos(model.target_ids(batch["text"][i]), eos) for i in rows]
