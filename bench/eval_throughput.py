@@ -111,7 +111,7 @@ REMEDIES = {
         "(see `## gpu`); torch threads or a GPU divide it, batching does not."
     ),
     "BEATs fbank": (
-        "`kaldi_fbank_batch` (src/salmonn_pl/model/fbank.py) works in float64, as the official fbank does, on every "
+        "`kaldi_fbank_batch` (src/salmonn_pl/audio/fbank.py) works in float64, as the official fbank does, on every "
         "row up to the longest clip of the batch."
     ),
     "BEATs encoder": (
@@ -135,7 +135,7 @@ REMEDIES = {
         "in the per-sample loop."
     ),
     "Whisper log-mel (collator)": (
-        "`whisper_log_mel` (src/salmonn_pl/data/features.py) in the collator, once per distinct waveform of a "
+        "`whisper_log_mel` (src/salmonn_pl/audio/features.py) in the collator, once per distinct waveform of a "
         "batch, see `## features`; DataLoader workers move it off the main process."
     ),
     "Q-Former + projection": (

@@ -188,13 +188,13 @@ def _write_config(out: Path, preset: dict, paths: dict[str, str], tiny_config: d
 
 def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: list[dict]) -> tuple[dict, dict]:
     """The manifest's tensors and its ``info`` section, computed by salmonn-pl on the written files."""
-    from salmonn_pl.data.audio import load_audio, prepare_official
+    from salmonn_pl.audio.load import load_audio, prepare_official
     from salmonn_pl.data.collate import SpeechCollator
     from salmonn_pl.generation import decode
     from salmonn_pl.generation.decode import GenerationSettings
     from salmonn_pl.generation.generate import generate
     from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
-    from salmonn_pl.model.fbank import kaldi_fbank
+    from salmonn_pl.audio.fbank import kaldi_fbank
     from salmonn_pl.model.salmonn import Salmonn
     from salmonn_pl.model.window_qformer import frames_per_window
 

@@ -29,7 +29,7 @@ from salmonn_pl.data.annotations import (
     shuffle_options,
     write_annotations,
 )
-from salmonn_pl.data.audio import prepare_official
+from salmonn_pl.audio.load import prepare_official
 
 TRACKS = ("Animal", "Emotion", "Gender", "Language")
 needs_sakura_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA mini set at {SAKURA_MINI}")

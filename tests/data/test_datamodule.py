@@ -10,7 +10,7 @@ import torch
 from tests.helpers.golden import SAKURA_MINI
 from jsonargparse import ArgumentParser
 
-from salmonn_pl.data.audio import AudioError, load_audio
+from salmonn_pl.audio.load import AudioError, load_audio
 from salmonn_pl.data.datamodule import DEFAULT_PROMPT_TEMPLATE, SakuraDataModule
 from salmonn_pl.data.sakura import SakuraDataError
 from salmonn_pl.data.variants import Variant

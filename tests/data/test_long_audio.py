@@ -14,7 +14,7 @@ import pytest
 import torch
 from tests.helpers.golden import SAKURA_MINI
 
-from salmonn_pl.data.audio import load_audio
+from salmonn_pl.audio.load import load_audio
 from salmonn_pl.data.datamodule import SakuraDataModule
 from salmonn_pl.data.long_audio import Clip, build_long_audio, distractor_candidates, sakura_clip_pool
 from salmonn_pl.data.sakura import TRACKS, read_sakura

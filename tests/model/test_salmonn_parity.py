@@ -17,7 +17,7 @@ import yaml
 from tests.helpers.golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
 
 from salmonn_pl.cli import build_cli
-from salmonn_pl.data.audio import load_audio
+from salmonn_pl.audio.load import load_audio
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.generation import decode
 from salmonn_pl.generation.decode import GenerationSettings

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Sampler
 
-from salmonn_pl.data.audio import ChannelPolicy, load_audio
+from salmonn_pl.audio.load import ChannelPolicy, load_audio
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
 
 PROMPT_TEMPLATE = "USER: {}\nASSISTANT:"
-SPEECH_PLACEHOLDER = "<SpeechHere>"
 # The official prompts.json used for question answering: the question goes where "{}" is.
 DEFAULT_PROMPTS: dict[str, list[str]] = {"QA": ["<Speech><SpeechHere></Speech> {}"]}
 # Official dataset.py: entries without "task" are ASR, entries without "Q" have an empty question.

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from salmonn_pl.data.audio import MAX_SAMPLES, SAMPLE_RATE, prepare_official
-from salmonn_pl.data.features import N_FRAMES, N_MELS, whisper_log_mel
+from salmonn_pl.audio.features import N_FRAMES, N_MELS, whisper_log_mel
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE, prepare_official
 
 
 class Example(TypedDict):
@@ -42,6 +42,7 @@ class Batch(TypedDict):
     meta: list[dict[str, Any]]
 
 
+SPEECH_PLACEHOLDER = "<SpeechHere>"  # where a prompt's audio tokens go
 _REQUIRED_KEYS = ("id", "audio", "prompt", "text", "meta")
 
 
@@ -49,7 +50,7 @@ class SpeechCollator:
     """Collate :class:`Example` dicts into a :class:`Batch`.
 
     ``feature_dtype`` is the compute precision of the Whisper log-mel (see
-    :func:`salmonn_pl.data.features.whisper_log_mel`); the spectrogram is float32 either way.
+    :func:`salmonn_pl.audio.features.whisper_log_mel`); the spectrogram is float32 either way.
     Examples sharing a ``meta["audio_key"]`` get their log-mel computed once (the batch still has
     one spectrogram row per example); a key shared by different waveforms is an error.
     """
@@ -97,9 +98,9 @@ class SpeechCollator:
         )
 
     def _prepare(self, wav: np.ndarray) -> np.ndarray:
-        if self.max_samples <= MAX_SAMPLES:
+        if self.max_samples <= CHUNK_SAMPLES:
             return prepare_official(wav)[: self.max_samples]
-        return prepare_official(wav[: self.max_samples]) if len(wav) <= MAX_SAMPLES else wav[: self.max_samples]
+        return prepare_official(wav[: self.max_samples]) if len(wav) <= CHUNK_SAMPLES else wav[: self.max_samples]
 
 
 def first_row_with_same_audio(audio_keys: Sequence[str | None]) -> list[int]:
@@ -138,5 +139,5 @@ def _check_example(example: Example) -> None:
     if not isinstance(audio, np.ndarray) or audio.ndim != 1:
         shape = getattr(audio, "shape", type(audio).__name__)
         raise ValueError(f"example {example['id']!r}: audio must be a 1-D numpy array, got {shape}")
-    if example["prompt"].count("<SpeechHere>") != 1:
-        raise ValueError(f"example {example['id']!r}: prompt must contain exactly one <SpeechHere>")
+    if example["prompt"].count(SPEECH_PLACEHOLDER) != 1:
+        raise ValueError(f"example {example['id']!r}: prompt must contain exactly one {SPEECH_PLACEHOLDER}")

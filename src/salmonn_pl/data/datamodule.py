@@ -41,7 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from salmonn_pl.data.audio import SAMPLE_RATE, ChannelPolicy
+from salmonn_pl.audio.load import SAMPLE_RATE, ChannelPolicy
 from salmonn_pl.data.collate import Example, SpeechCollator
 from salmonn_pl.data.long_audio import (
     Clip,

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from salmonn_pl.audio.features import whisper_log_mel
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE
 from salmonn_pl.data.collate import first_row_with_same_audio
-from salmonn_pl.data.features import whisper_log_mel
 from salmonn_pl.data.variants import Ablation
-from salmonn_pl.model.salmonn import CHUNK_SAMPLES, DTYPES, SAMPLE_RATE, AudioTokens, Salmonn
+from salmonn_pl.model.salmonn import DTYPES, AudioTokens, Salmonn
 
 # The encoder outputs each ablation keeps (and so the encoders it needs run); the others see zeros.
 USES_WHISPER = frozenset({"none", "zero_beats"})

@@ -26,7 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salmonn_pl.data.features import whisper_log_mel
+from salmonn_pl.audio.features import whisper_log_mel
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.model.beats import BEATs
 from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
@@ -35,9 +37,6 @@ from salmonn_pl.model.whisper import load_whisper_encoder
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
 from salmonn_pl.settings_check import above, at_least, require
 
-SPEECH_PLACEHOLDER = "<SpeechHere>"
-SAMPLE_RATE = 16000
-CHUNK_SAMPLES = 30 * SAMPLE_RATE
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 PaddingSide = Literal["left", "right"]
@@ -348,7 +347,7 @@ class Salmonn(nn.Module):
             # A batch whose prompt-before lengths differ cannot take this layout (the official
             # code would fail in its tokenizer call as well).
             if len({len(r[0]) for r in rows}) != 1:
-                raise ValueError("right padding needs the same text before <SpeechHere> in every row")
+                raise ValueError(f"right padding needs the same text before {SPEECH_PLACEHOLDER} in every row")
         else:
             seqs = []
             for (before, after), t, n_audio in zip(parts, tgt, n_audio_rows):

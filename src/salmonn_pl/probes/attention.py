@@ -32,7 +32,7 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from salmonn_pl.data.audio import SAMPLE_RATE
+from salmonn_pl.audio.load import SAMPLE_RATE
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import embed_tokens
