@@ -16,7 +16,7 @@ from salmonn_pl.data.annotations import (
 from salmonn_pl.audio.load import ChannelPolicy
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.settings_check import check_number
-from salmonn_pl.training.resumable import ResumableDataLoader
+from salmonn_pl.data.resumable import ResumableDataLoader
 
 
 class AnnotationDataModule(LightningDataModule):
