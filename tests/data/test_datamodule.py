@@ -182,6 +182,17 @@ def test_long_audio_recipe_serves_six_long_variants_to_a_model_that_hears_them(t
     assert dm.collator.max_samples == 120 * 16_000
 
 
+def test_the_data_keeps_the_audio_the_model_encodes(tmp_path: Path):
+    """``max_audio_seconds`` is set once, in the model; the data module follows it (a data value is replaced)."""
+    from salmonn_pl.cli import build_cli
+
+    overrides = ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--model.output_dir", str(tmp_path)]
+    cli = build_cli(["--config", str(REPO_ROOT / "configs/long_audio.yaml"), *overrides,
+                     "--model.model.max_audio_seconds", "60", "--data.max_audio_seconds", "30"], run=False)
+    assert cli.model.model_config.max_audio_seconds == cli.datamodule.max_audio_seconds == 60
+    assert cli.datamodule.collator.max_samples == 60 * 16_000
+
+
 @needs_mini
 def test_long_audio_from_yaml_with_a_fraction_and_its_prediction_record():
     from salmonn_pl.eval.predictions import make_record
