@@ -23,12 +23,10 @@ from salmonn_pl.data.annotations import (
     EpochSampler,
     build_mc_items,
     load_prompts,
-    parse_answer,
-    parse_question,
     read_annotations,
-    shuffle_options,
     write_annotations,
 )
+from salmonn_pl.data.multiple_choice import parse_answer, parse_question, shuffle_options
 from salmonn_pl.audio.load import prepare_official
 
 TRACKS = ("Animal", "Emotion", "Gender", "Language")

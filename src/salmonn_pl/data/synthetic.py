@@ -28,7 +28,8 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from salmonn_pl.data.annotations import DEFAULT_PROMPTS, Annotation, format_options, option_letter, write_annotations
+from salmonn_pl.data.annotations import DEFAULT_PROMPTS, Annotation, write_annotations
+from salmonn_pl.data.multiple_choice import format_options, option_letter
 from salmonn_pl.audio.load import SAMPLE_RATE
 
 TRACK = "Synthetic"

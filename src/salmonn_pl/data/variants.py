@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from salmonn_pl.audio.load import SAMPLE_RATE
-from salmonn_pl.data.annotations import parse_question
+from salmonn_pl.data.multiple_choice import parse_question
 from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
 
 DEFAULT_PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {question}\nASSISTANT:"
