@@ -53,7 +53,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_header, markdown_table, write_section  # noqa: E402
 
-from salmonn_pl.data.collate import Example, SpeechCollator  # noqa: E402
+from salmonn_pl.data.collate import AudioBatch, Example, SpeechCollator  # noqa: E402
 from salmonn_pl.data.variants import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 from salmonn_pl.generation.decode import CachedLM, GenerationSettings  # noqa: E402
 from salmonn_pl.model.beats import BEATs, BEATsConfig  # noqa: E402
@@ -356,7 +356,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
 
     def encode() -> torch.Tensor:
-        return salmonn.encode_audio(batch.spectrogram, batch.raw_wav, batch.padding_mask, batch.wav_lengths)["audio_tokens"]
+        return salmonn.encode_audio(AudioBatch(batch.spectrogram, batch.raw_wav, batch.padding_mask, batch.wav_lengths))["audio_tokens"]
 
     def answer() -> None:
         generate(salmonn, batch.prompts, encode(), settings, padding_side="left")

@@ -189,7 +189,7 @@ def _write_config(out: Path, preset: dict, paths: dict[str, str], tiny_config: d
 def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: list[dict]) -> tuple[dict, dict]:
     """The manifest's tensors and its ``info`` section, computed by salmonn-pl on the written files."""
     from salmonn_pl.audio.load import load_audio, prepare_official
-    from salmonn_pl.data.collate import SpeechCollator
+    from salmonn_pl.data.collate import AudioBatch, SpeechCollator
     from salmonn_pl.generation import decode
     from salmonn_pl.generation.decode import GenerationSettings
     from salmonn_pl.generation.generate import generate
@@ -219,7 +219,7 @@ def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: l
         t[f"wav{i}.num_samples"] = torch.tensor(len(raw))
         entry = {"num_samples": len(raw), "prompt": prompt}
         with torch.no_grad():
-            enc = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+            enc = model.encode_audio(AudioBatch.of(batch))
             if model.beats is not None:
                 fbank = kaldi_fbank(raw * 2**15)
                 t[f"wav{i}.beats_fbank"] = ((fbank - FBANK_MEAN) / (2 * FBANK_STD)).to(torch.float32)[None]
@@ -258,7 +258,7 @@ def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: l
     batch = SpeechCollator()(examples)
     t["batch.padding_mask_num_true"] = batch["padding_mask"].sum(1)
     with torch.no_grad():
-        enc = official.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        enc = official.encode_audio(AudioBatch.of(batch))
         if official.beats is not None:
             features, mask = official.beats.extract_features(batch["raw_wav"], batch["padding_mask"])
             t["batch.beats_features"], t["batch.beats_padding_mask_out"] = features, mask

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.eval.fingerprint import check_run, weight_digests
 from salmonn_pl.eval.judge_rule import Judge, RuleJudge
@@ -170,12 +171,12 @@ class SalmonnModule(L.LightningModule):
         draws its own Q-Former dropout.
         """
         ablations = self.row_ablations(batch, ablation)
-        audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
+        audio = AudioBatch.of(batch)
         if self.training:
-            return audio_encoding.encode_audio_per_ablation(self.salmonn, *audio, ablations)
+            return audio_encoding.encode_audio_per_ablation(self.salmonn, audio, ablations)
         metas = batch.get("meta") or [{}] * len(ablations)
         keys = [meta.get("audio_key") for meta in metas]
-        return audio_encoding.encode_audio_shared(self.salmonn, *audio, ablations, keys, carry=self.carried_audio)
+        return audio_encoding.encode_audio_shared(self.salmonn, audio, ablations, keys, carry=self.carried_audio)
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:

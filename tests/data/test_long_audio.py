@@ -15,6 +15,7 @@ import torch
 from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.audio.load import load_audio
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.datamodule import SakuraDataModule
 from salmonn_pl.data.long_audio import Clip, build_long_audio, distractor_candidates, sakura_clip_pool
 from salmonn_pl.data.sakura import TRACKS, read_sakura
@@ -259,9 +260,7 @@ def test_tiny_model_encodes_long_examples_as_thirty_second_chunks(tiny_config):
     batch = next(iter(dm.test_dataloader()))
     assert batch["wav_lengths"].tolist() == [60 * SR, 120 * SR]
     with torch.no_grad():
-        encoded = model.encode_audio(
-            batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"]
-        )
+        encoded = model.encode_audio(AudioBatch.of(batch))
         per_chunk = model.connector.tokens_for_frames()
         assert encoded["chunks_per_clip"].tolist() == [2, 4]
         assert [tokens.shape[0] for tokens in encoded["audio_tokens"]] == [2 * per_chunk, 4 * per_chunk]

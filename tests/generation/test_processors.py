@@ -9,7 +9,7 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.processors import (
     LogitsProcessorSettings,
@@ -24,7 +24,7 @@ def _audio(model):
     rng = np.random.default_rng(0)
     batch = SpeechCollator()([{"id": "0", "audio": 0.1 * rng.standard_normal(32000), "prompt": PROMPT, "text": "", "meta": {}}])
     with torch.no_grad():
-        return model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        return model.encode_audio(AudioBatch.of(batch))["audio_tokens"]
 
 
 def test_every_configured_processor_is_built(tiny_salmonn):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.model.tiny import tiny_qformer_settings, write_tiny_salmonn
@@ -26,7 +26,7 @@ def _batch():
 def _run(model: Salmonn) -> torch.Tensor:
     batch = _batch()
     with torch.no_grad():
-        tokens = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        tokens = model.encode_audio(AudioBatch.of(batch))["audio_tokens"]
         result = generate(model, batch["prompt"], tokens, GenerationSettings(max_new_tokens=3, num_beams=2))
         loss = model.lm_loss(model.assemble(batch["prompt"], tokens, batch["text"]))
     assert len(result.sequences) == 2 and torch.isfinite(loss)

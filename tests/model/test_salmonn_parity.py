@@ -18,7 +18,7 @@ from tests.helpers.golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
 
 from salmonn_pl.cli import build_cli
 from salmonn_pl.audio.load import load_audio
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.generation import decode
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import set_pad_rows
@@ -99,7 +99,7 @@ def test_single_wav_parity(golden, build):
         assert batch["wav_lengths"].item() == golden[f"wav{i}.num_samples"].item()
         assert_close(batch["spectrogram"], golden[f"wav{i}.input_features"], f"wav{i}.input_features")
         with torch.no_grad():
-            out = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+            out = model.encode_audio(AudioBatch.of(batch))
         assert_close(out["whisper_out"], golden[f"wav{i}.whisper_encoder_out"], f"wav{i}.whisper_encoder_out")
         if golden.has(f"wav{i}.beats_features"):
             assert_close(out["beats_out"], golden[f"wav{i}.beats_features"], f"wav{i}.beats_features")
@@ -137,7 +137,7 @@ def test_official_batch_parity(golden, build):
     batch = SpeechCollator()(_examples(golden))
     assert_close(batch["padding_mask"].sum(1), golden["batch.padding_mask_num_true"], "batch.padding_mask_num_true")
     with torch.no_grad():
-        out = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        out = model.encode_audio(AudioBatch.of(batch))
     if golden.has("batch.beats_features"):
         assert_close(out["beats_out"], golden["batch.beats_features"], "batch.beats_features")
     assert_close(out["qformer_out"], golden["batch.qformer_out"], "batch.qformer_out")
@@ -178,7 +178,7 @@ def test_per_clip_batching_equals_single_runs(golden, build):
     examples = _examples(golden)
     batch = SpeechCollator()(examples)
     with torch.no_grad():
-        batched = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        batched = model.encode_audio(AudioBatch.of(batch))["audio_tokens"]
     for i in range(len(examples)):
         assert_close(batched[i : i + 1], golden[f"wav{i}.speech_embeds"], f"batched wav{i}.speech_embeds")
     official_gap = golden.variant.get("batch_vs_single_speech_embeds_max_abs_diff", {})

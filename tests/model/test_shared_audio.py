@@ -14,7 +14,7 @@ import pytest
 import torch
 from tests.helpers.encoder_counts import count_encoder_rows
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
 from salmonn_pl.model.audio_encoding import USES_BEATS, USES_QFORMER, USES_WHISPER, encode_audio_per_ablation, encode_audio_shared
 from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig
@@ -59,8 +59,8 @@ def _mixed_examples() -> list[dict]:
     ]
 
 
-def _audio(batch: dict) -> tuple:
-    return batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"]
+def _audio(batch: dict) -> AudioBatch:
+    return AudioBatch.of(batch)
 
 
 def _ablations_and_keys(batch: dict) -> tuple[list[str], list[str | None]]:
@@ -87,10 +87,10 @@ def test_every_row_gets_the_tokens_of_the_unshared_path(tiny_salmonn):
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
-        reference = encode_audio_per_ablation(tiny_salmonn, *_audio(batch), ablations)
-        shared = encode_audio_shared(tiny_salmonn, *_audio(batch), ablations, keys)
+        reference = encode_audio_per_ablation(tiny_salmonn, _audio(batch), ablations)
+        shared = encode_audio_shared(tiny_salmonn, _audio(batch), ablations, keys)
         alone = [
-            encode_audio_per_ablation(tiny_salmonn, *(t[i : i + 1] for t in _audio(batch)), [ablation])
+            encode_audio_per_ablation(tiny_salmonn, _audio(batch).rows(torch.tensor([i])), [ablation])
             for i, ablation in enumerate(ablations)
         ]
     _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
@@ -109,9 +109,9 @@ def test_under_bfloat16_autocast_tokens_keep_their_dtype_and_values(tiny_salmonn
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
-        reference = encode_audio_per_ablation(model, *_audio(batch), ablations)
-        shared = encode_audio_shared(model, *_audio(batch), ablations, keys)
-        zero_audio = encode_audio_shared(model, *_audio(batch), ["zero_audio"] * len(ablations), keys)
+        reference = encode_audio_per_ablation(model, _audio(batch), ablations)
+        shared = encode_audio_shared(model, _audio(batch), ablations, keys)
+        zero_audio = encode_audio_shared(model, _audio(batch), ["zero_audio"] * len(ablations), keys)
     assert zero_audio.dtype == reference[0].dtype == torch.bfloat16
     _assert_rows_match(shared, reference, ablations, atol=2e-2)  # bf16 rounding if the batches round differently
 
@@ -126,8 +126,8 @@ def test_zeroed_encoders_give_exactly_todays_tokens(tiny_salmonn, ablation):
     ]
     batch = SpeechCollator()(examples)
     with torch.no_grad():
-        today = tiny_salmonn.encode_audio(*_audio(batch), ablation=ablation)["audio_tokens"]
-        shared = encode_audio_shared(tiny_salmonn, *_audio(batch), [ablation] * 4, [e["id"] for e in examples])
+        today = tiny_salmonn.encode_audio(_audio(batch), ablation=ablation)["audio_tokens"]
+        shared = encode_audio_shared(tiny_salmonn, _audio(batch), [ablation] * 4, [e["id"] for e in examples])
     assert shared.dtype == today.dtype and torch.equal(shared, today)
 
 
@@ -147,7 +147,7 @@ def test_each_encoder_runs_once_per_distinct_audio(tiny_salmonn, monkeypatch):
     ablations, keys = _ablations_and_keys(batch)
     counters = count_encoder_rows(monkeypatch, model)
     with torch.no_grad():
-        encode_audio_shared(model, *_audio(batch), ablations, keys)
+        encode_audio_shared(model, _audio(batch), ablations, keys)
     pairs = {(audio, ablation) for audio, ablation in zip(_audio_ids(keys), ablations) if ablation in USES_QFORMER}
     expected = {
         "whisper": _distinct_audio(ablations, keys, USES_WHISPER),
@@ -162,7 +162,7 @@ def test_each_encoder_runs_once_per_distinct_audio(tiny_salmonn, monkeypatch):
     for counter in counters.values():
         counter.rows = counter.calls = 0
     with torch.no_grad():
-        encode_audio_shared(model, *_audio(batch), ["zero_audio", "no_audio"] * 9 + ["zero_audio"], keys)
+        encode_audio_shared(model, _audio(batch), ["zero_audio", "no_audio"] * 9 + ["zero_audio"], keys)
     assert all(c.calls == 0 for c in counters.values())
 
 
@@ -188,7 +188,7 @@ def test_the_module_shares_in_evaluation_and_encodes_row_by_row_in_training(tiny
     with torch.no_grad():
         shared = module.encode(batch)
     assert counters["whisper"].rows == _distinct_audio(ablations, keys, USES_WHISPER) < len(examples)
-    reference = encode_audio_per_ablation(tiny_salmonn, *_audio(batch), ablations)
+    reference = encode_audio_per_ablation(tiny_salmonn, _audio(batch), ablations)
     _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
 
     # Training: every row its own Q-Former pass, so two rows of the same audio draw different dropout.
@@ -209,8 +209,8 @@ def test_official_beats_batching_shares_nothing(tiny_salmonn):
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
-        reference = encode_audio_per_ablation(model, *_audio(batch), ablations)
-        shared = encode_audio_shared(model, *_audio(batch), ablations, keys)
+        reference = encode_audio_per_ablation(model, _audio(batch), ablations)
+        shared = encode_audio_shared(model, _audio(batch), ablations, keys)
     # Same path, same batches: bit for bit (the official features depend on the batch's padding).
     for got, want in zip(_rows(shared), _rows(reference)):
         assert torch.equal(got, want)
@@ -236,9 +236,9 @@ def test_long_audio_rows_share_their_chunks(tiny_salmonn, monkeypatch):
     ])
     ablations, keys = [r[2] for r in rows], [r[0] for r in rows]
     with torch.no_grad():
-        reference = encode_audio_per_ablation(model, *_audio(batch), ablations)
+        reference = encode_audio_per_ablation(model, _audio(batch), ablations)
         counters = count_encoder_rows(monkeypatch, model)
-        shared = encode_audio_shared(model, *_audio(batch), ablations, keys)
+        shared = encode_audio_shared(model, _audio(batch), ablations, keys)
     per_chunk = model.connector.tokens_for_frames()
     assert [t.size(0) for t in shared] == [3 * per_chunk] * 3 + [per_chunk, 3 * per_chunk, per_chunk, 0]
     _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
@@ -255,9 +255,9 @@ def test_whisper_only_model_shares_too(tmp_path):
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
         for raw in (batch["raw_wav"], None):  # a Whisper-only batch needs no waveform
-            audio = (batch["spectrogram"], raw, batch["padding_mask"], batch["wav_lengths"])
-            reference = encode_audio_per_ablation(model, *audio, ablations)
-            shared = encode_audio_shared(model, *audio, ablations, keys)
+            audio = AudioBatch(batch["spectrogram"], raw, batch["padding_mask"], batch["wav_lengths"])
+            reference = encode_audio_per_ablation(model, audio, ablations)
+            shared = encode_audio_shared(model, audio, ablations, keys)
             _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
 
 
@@ -267,9 +267,9 @@ def test_a_key_shared_by_different_audio_is_an_error(tiny_salmonn):
         {"id": name, "audio": clips[name], "prompt": PROMPT, "text": "", "meta": {}} for name in ("clip", "other")
     ])
     with pytest.raises(ValueError, match="rows 0 and 1 share meta audio_key 'same'"):
-        encode_audio_shared(tiny_salmonn, *_audio(batch), ["none", "none"], ["same", "same"])
+        encode_audio_shared(tiny_salmonn, _audio(batch), ["none", "none"], ["same", "same"])
     with pytest.raises(ValueError, match="2 spectrogram rows, 1 ablations and 2 audio_keys"):
-        encode_audio_shared(tiny_salmonn, *_audio(batch), ["none"], ["a", "b"])
+        encode_audio_shared(tiny_salmonn, _audio(batch), ["none"], ["a", "b"])
 
 
 def test_the_mixed_batch_covers_what_it_claims():

@@ -10,7 +10,7 @@ import torch
 import yaml
 from tests.helpers.golden import SAKURA_MINI
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.data.variants import Variant
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.window_qformer import WindowQFormer
@@ -96,7 +96,7 @@ def _direct_profile(model, example: dict) -> tuple[torch.Tensor, torch.Tensor]:
     (``assemble`` with the reference as target, labels marking the answer)."""
     batch = _collate([example])
     with torch.no_grad(), eager_attention(model):
-        audio = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        audio = model.encode_audio(AudioBatch.of(batch))
         inputs = model.assemble(batch["prompt"], audio["audio_tokens"], batch["text"], padding_side="left")
         out = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                         position_ids=inputs.position_ids, output_attentions=True, use_cache=False)

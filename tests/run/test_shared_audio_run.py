@@ -9,6 +9,7 @@ from tests.helpers.cli_runs import responses, run_test, write_config
 from tests.helpers.golden import SAKURA_MINI
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.lit_module import SalmonnModule
 from salmonn_pl.model.audio_encoding import USES_WHISPER, encode_audio_per_ablation
 
@@ -31,8 +32,7 @@ def _sakura_mini_config(tiny_files: dict, path: Path, output_dir: Path) -> Path:
 
 def _encode_row_by_row(self: SalmonnModule, batch: dict, ablation=None):
     """The encoding before sharing: every row its own pass through the encoders."""
-    audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
-    return encode_audio_per_ablation(self.salmonn, *audio, self.row_ablations(batch, ablation))
+    return encode_audio_per_ablation(self.salmonn, AudioBatch.of(batch), self.row_ablations(batch, ablation))
 
 
 @pytest.mark.slow

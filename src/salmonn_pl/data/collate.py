@@ -8,7 +8,8 @@ truncate to 30 s), after any study variant has been applied to the full clip.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
@@ -40,6 +41,29 @@ class Batch(TypedDict):
     text: list[str]
     id: list[str]
     meta: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AudioBatch:
+    """A batch's audio as the model's encoders take it (the collated batch keeps these four keys)."""
+
+    spectrogram: torch.Tensor  # [B, 80, 3000] Whisper log-mel of each clip's first 30 s
+    raw_wav: torch.Tensor | None = None  # [B, Nmax] right-padded waveforms (BEATs, long audio)
+    padding_mask: torch.Tensor | None = None  # [B, Nmax], True on padding
+    wav_lengths: torch.Tensor | None = None  # [B] samples of each clip
+
+    @classmethod
+    def of(cls, batch: Mapping[str, Any]) -> AudioBatch:
+        """The audio of a collated :class:`Batch` (``raw_wav`` and the rest may be absent)."""
+        return cls(batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
+
+    def rows(self, index: torch.Tensor) -> AudioBatch:
+        """The rows ``index`` (a LongTensor) of every tensor."""
+        return AudioBatch(*(t if t is None else t.index_select(0, index.to(t.device)) for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        """``(spectrogram, raw_wav, padding_mask, wav_lengths)`` (``dataclasses.astuple`` would copy them)."""
+        return self.spectrogram, self.raw_wav, self.padding_mask, self.wav_lengths
 
 
 SPEECH_PLACEHOLDER = "<SpeechHere>"  # where a prompt's audio tokens go

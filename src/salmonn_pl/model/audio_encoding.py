@@ -15,7 +15,7 @@ import torch
 
 from salmonn_pl.audio.features import whisper_log_mel
 from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE
-from salmonn_pl.data.collate import first_row_with_same_audio
+from salmonn_pl.data.collate import AudioBatch, first_row_with_same_audio
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.model.salmonn import DTYPES, AudioTokens, Salmonn
 
@@ -46,14 +46,7 @@ class CarriedAudioTokens:
     tokens: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
-def encode_audio_per_ablation(
-    model: Salmonn,
-    spectrogram: torch.Tensor,
-    raw_wav: torch.Tensor | None,
-    padding_mask: torch.Tensor | None,
-    wav_lengths: torch.Tensor | None,
-    ablations: Sequence[Ablation],
-) -> AudioTokens:
+def encode_audio_per_ablation(model: Salmonn, audio: AudioBatch, ablations: Sequence[Ablation]) -> AudioTokens:
     """Audio tokens of every row under its own ablation, sharing nothing: the rows of each
     ablation go through :meth:`Salmonn.encode_audio` together, each row its own batch row.
 
@@ -68,11 +61,8 @@ def encode_audio_per_ablation(
         if name == "no_audio":
             continue
         if len(rows) == len(ablations):
-            return model.encode_audio(spectrogram, raw_wav, padding_mask, wav_lengths, ablation=name)["audio_tokens"]
-        index = torch.tensor(rows, dtype=torch.long)
-        audio = (spectrogram, raw_wav, padding_mask, wav_lengths)
-        picked = [t if t is None else t.index_select(0, index.to(t.device)) for t in audio]
-        tokens = model.encode_audio(*picked, ablation=name)["audio_tokens"]
+            return model.encode_audio(audio, ablation=name)["audio_tokens"]
+        tokens = model.encode_audio(audio.rows(torch.tensor(rows, dtype=torch.long)), ablation=name)["audio_tokens"]
         for i, row in enumerate(rows):
             per_row[row] = tokens[i]
     return _batch_of_rows(per_row)
@@ -80,10 +70,7 @@ def encode_audio_per_ablation(
 
 def encode_audio_shared(
     model: Salmonn,
-    spectrogram: torch.Tensor,
-    raw_wav: torch.Tensor | None,
-    padding_mask: torch.Tensor | None,
-    wav_lengths: torch.Tensor | None,
+    audio_batch: AudioBatch,
     ablations: Sequence[Ablation],
     audio_keys: Sequence[str | None],
     carry: CarriedAudioTokens | None = None,
@@ -109,6 +96,7 @@ def encode_audio_shared(
     whose key and samples match is not encoded again, since a clip's questions often straddle
     two batches. The call then replaces its content with this batch's tokens.
     """
+    spectrogram, raw_wav, padding_mask, wav_lengths = audio_batch.tensors()
     if not len(ablations) == len(audio_keys) == spectrogram.size(0):
         raise ValueError(
             f"encode_audio_shared: {spectrogram.size(0)} spectrogram rows, {len(ablations)} ablations "
@@ -123,7 +111,7 @@ def encode_audio_shared(
     chunk_long = model.config.max_audio_seconds > 30.0 and raw_wav is not None and wav_lengths is not None
     longer_than_whisper = has_beats and int(wav_lengths.max()) > CHUNK_SAMPLES and not chunk_long
     if (has_beats and model.config.beats_batching == "official") or longer_than_whisper:
-        return encode_audio_per_ablation(model, spectrogram, raw_wav, padding_mask, wav_lengths, ablations)
+        return encode_audio_per_ablation(model, AudioBatch(spectrogram, raw_wav, padding_mask, wav_lengths), ablations)
 
     same_audio = first_row_with_same_audio(audio_keys)
     signal = raw_wav if raw_wav is not None else spectrogram

@@ -28,7 +28,7 @@ from torch import nn
 
 from salmonn_pl.audio.features import whisper_log_mel
 from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE
-from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER, AudioBatch
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.model.beats import BEATs
 from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
@@ -216,15 +216,7 @@ class Salmonn(nn.Module):
         return torch.autocast(device.type, dtype=DTYPES[self.config.autocast_dtype])
 
     # -- audio -----------------------------------------------------------------------------
-    def encode_audio(
-        self,
-        spectrogram: torch.Tensor,
-        raw_wav: torch.Tensor | None = None,
-        padding_mask: torch.Tensor | None = None,
-        wav_lengths: torch.Tensor | None = None,
-        ablation: Ablation = "none",
-        output_attentions: bool = False,
-    ) -> dict:
+    def encode_audio(self, audio: AudioBatch, ablation: Ablation = "none", output_attentions: bool = False) -> dict:
         """Audio tokens for the LLM, ``[B, n_tokens, llm_width]``, and the intermediate streams.
 
         Ablations act on the encoder *outputs*, before the connector's LayerNorms:
@@ -238,6 +230,7 @@ class Salmonn(nn.Module):
         is cut into 30 s chunks and ``audio_tokens`` becomes a list with one ``[n_chunks_i * 88,
         llm_width]`` tensor per clip (see :meth:`encode_long_audio`).
         """
+        spectrogram, raw_wav, padding_mask, wav_lengths = audio.tensors()
         if (
             self.config.max_audio_seconds > 30.0
             and raw_wav is not None
@@ -290,7 +283,7 @@ class Salmonn(nn.Module):
             padded[i, : len(c)] = c
         spectrogram = whisper_log_mel(padded, lengths)
         mask = torch.arange(padded.size(1), device=padded.device)[None, :] >= lengths[:, None]
-        out = self.encode_audio(spectrogram, padded, mask, lengths, ablation=ablation, output_attentions=output_attentions)
+        out = self.encode_audio(AudioBatch(spectrogram, padded, mask, lengths), ablation=ablation, output_attentions=output_attentions)
         owners_t = torch.tensor(owners, device=raw_wav.device)
         out["audio_tokens"] = [out["audio_tokens"][owners_t == b].flatten(0, 1) for b in range(raw_wav.size(0))]
         out["chunks_per_clip"] = torch.bincount(owners_t, minlength=raw_wav.size(0))

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from salmonn_pl.audio.load import SAMPLE_RATE
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import embed_tokens
@@ -317,11 +318,9 @@ def _encode_rows(
     frames: list[torch.Tensor | None] = [None] * len(rows)
     for ablation, members in groups.items():
         index = torch.tensor([rows[k] for k in members], dtype=torch.long)
-        audio = {
-            key: batch[key].index_select(0, index).to(device) if isinstance(batch.get(key), torch.Tensor) else None
-            for key in ("spectrogram", "raw_wav", "padding_mask", "wav_lengths")
-        }
-        out = model.encode_audio(**audio, ablation=ablation, output_attentions=True)
+        audio = AudioBatch(*(t.index_select(0, index).to(device) if isinstance(t, torch.Tensor) else None
+                             for t in AudioBatch.of(batch).tensors()))
+        out = model.encode_audio(audio, ablation=ablation, output_attentions=True)
         # The long-audio path returns one token tensor per clip and no Q-Former weights.
         maps = _window_frame_maps(out["cross_attentions"], len(members)) if out.get("cross_attentions") else None
         for j, k in enumerate(members):
