@@ -175,3 +175,16 @@ def write_section(results: Path, name: str, body: str) -> None:
     else:
         text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
     results.write_text(text, encoding="utf-8")
+
+
+def beats_cfg(**overrides: object) -> dict:
+    """The cfg stored in BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt."""
+    cfg = dict(
+        input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
+        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu",
+        layer_wise_gradient_decay_ratio=0.6, layer_norm_first=False, deep_norm=True, dropout=0.0,
+        attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.05, dropout_input=0.0, conv_pos=128,
+        conv_pos_groups=16, relative_position_embedding=True, num_buckets=320, max_distance=800, gru_rel_pos=True,
+        finetuned_model=True, predictor_dropout=0.0, predictor_class=527,
+    )
+    return {**cfg, **overrides}

@@ -51,7 +51,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_header, markdown_table, write_section  # noqa: E402
+from common import beats_cfg, machine_header, markdown_table, write_section  # noqa: E402
 
 from salmonn_pl.data.collate import AudioBatch, Example, SpeechCollator  # noqa: E402
 from salmonn_pl.data.variants import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
@@ -110,25 +110,12 @@ class Shapes:
     llm: dict
 
 
-def _beats_cfg(**overrides: object) -> dict:
-    # The cfg of BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt, the checkpoint SALMONN uses.
-    cfg = dict(
-        input_patch_size=16, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
-        encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu",
-        layer_wise_gradient_decay_ratio=0.6, layer_norm_first=False, deep_norm=True, dropout=0.0,
-        attention_dropout=0.0, activation_dropout=0.0, encoder_layerdrop=0.05, dropout_input=0.0, conv_pos=128,
-        conv_pos_groups=16, relative_position_embedding=True, num_buckets=320, max_distance=800, gru_rel_pos=True,
-        finetuned_model=True, predictor_dropout=0.0, predictor_class=527,
-    )
-    return {**cfg, **overrides}
-
-
 SHAPES: dict[str, Shapes] = {
     "7b": Shapes(
         # openai/whisper-large-v2
         whisper=dict(d_model=1280, encoder_layers=32, encoder_attention_heads=20, encoder_ffn_dim=5120,
                      num_mel_bins=80, max_source_positions=1500),
-        beats=_beats_cfg(),
+        beats=beats_cfg(),
         qformer=QFormerSettings(),  # bert-base-uncased, 2 layers
         # lmsys/vicuna-7b-v1.5 (LLaMA-2 7B), resized for [PAD]
         llm=dict(vocab_size=VICUNA_VOCAB, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -137,7 +124,7 @@ SHAPES: dict[str, Shapes] = {
     "toy": Shapes(
         whisper=dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=128, num_mel_bins=80,
                      max_source_positions=1500),
-        beats=_beats_cfg(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
+        beats=beats_cfg(encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=4,
                          embed_dim=16),
         qformer=QFormerSettings(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
         llm=dict(vocab_size=VICUNA_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -69,12 +69,27 @@ def instantiate(config: Path, *overrides: str):
     return build_cli(["--config", str(config), *overrides], run=False)
 
 
+BEATS_URL = ("https://valle.blob.core.windows.net/share/BEATs/BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt?"
+             "sv=2020-08-04&st=2023-03-01T07%3A51%3A05Z&se=2033-03-02T07%3A51%3A00Z&sr=c&sp=rl&"
+             "sig=QJXmSJG9DbMKf48UDIU1MfzIro8HQOf3sqlNXiflY1I%3D")
+# The main recipes name the released weights (fetched into the Hugging Face cache on first use).
+RELEASED_WEIGHTS = {
+    "sakura_eval.yaml": {"llm_path": "lmsys/vicuna-13b-v1.1", "whisper_path": "openai/whisper-large-v2",
+                         "beats_path": BEATS_URL, "ckpt": "hf://tsinghua-ee/SALMONN/salmonn_v1.pth"},
+    "sakura_7b_eval.yaml": {"llm_path": "lmsys/vicuna-7b-v1.5", "whisper_path": "openai/whisper-large-v2",
+                            "beats_path": BEATS_URL, "ckpt": "hf://tsinghua-ee/SALMONN-7B/salmonn_7b_v0.pth"},
+}
+
+
 @pytest.mark.parametrize("name", SAKURA_RECIPES)
-def test_sakura_recipe_points_only_at_placeholders(name):
+def test_sakura_recipe_names_the_released_weights_or_placeholders(name):
     config = yaml.safe_load((REPO / "configs" / name).read_text())
     paths = config["model"]["model"]
     for key in ("llm_path", "whisper_path", "beats_path", "ckpt"):
-        assert paths[key].startswith(PLACEHOLDER), f"{name}: model.model.{key} is not a marked placeholder"
+        if name in RELEASED_WEIGHTS:
+            assert paths[key] == RELEASED_WEIGHTS[name][key], f"{name}: model.model.{key}"
+        else:
+            assert paths[key].startswith(PLACEHOLDER), f"{name}: model.model.{key} is not a marked placeholder"
     assert config["data"]["init_args"]["root"].startswith(PLACEHOLDER)
 
 

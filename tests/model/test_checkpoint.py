@@ -1,7 +1,10 @@
 """Official checkpoint key map, loud failures, and lossless trainable-only checkpoints."""
 
 import copy
+import re
+import shutil
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +82,50 @@ def test_official_export_loads_back_identically(tiny_salmonn, tiny_config, tmp_p
     for name, p in tiny_salmonn.named_parameters():
         if name in trainable:
             assert torch.equal(p, own[name]), name
+
+
+def test_checkpoint_lacking_connector_or_lora_weights_is_an_error_naming_them(tiny_salmonn, tiny_files, tmp_path):
+    model = copy.deepcopy(tiny_salmonn)
+    empty = tmp_path / "empty.pth"
+    torch.save({"model": {}}, empty)
+    with pytest.raises(ValueError, match=r"empty.pth: lacks \d+ of the weights.*connector\.query_tokens.*allow_missing"):
+        load_salmonn_checkpoint(model, empty)
+
+    state = torch.load(tiny_files["ckpt"], map_location="cpu")["model"]
+    no_lora = {k: v for k, v in state.items() if "lora_B" not in k}
+    partial = tmp_path / "no_lora_b.pth"
+    torch.save({"model": no_lora}, partial)
+    with pytest.raises(ValueError) as error:
+        load_salmonn_checkpoint(model, partial)
+    lacking = [k for k in state if "lora_B" in k]
+    assert f"lacks {len(lacking)} of the weights" in str(error.value) and "lora_B.default.weight" in str(error.value)
+    assert "connector." not in str(error.value)
+
+
+def test_allow_missing_loads_what_is_there_and_keeps_the_rest(tiny_salmonn, tiny_config, tiny_files, tmp_path, caplog):
+    state = torch.load(tiny_files["ckpt"], map_location="cpu")["model"]
+    partial = tmp_path / "proj_only.pth"
+    torch.save({"model": {k: v for k, v in state.items() if k.startswith("speech_llama_proj.")}}, partial)
+    with caplog.at_level("INFO", logger="salmonn_pl.model.checkpoint"):
+        model = Salmonn(dataclasses.replace(tiny_config, ckpt=str(partial), allow_missing=True))
+    assert torch.equal(model.connector.proj.weight, state["speech_llama_proj.weight"])
+    assert any("allow_missing" in r.getMessage() and "randomly initialised" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="proj_only.pth: lacks"):
+        Salmonn(dataclasses.replace(tiny_config, ckpt=str(partial)))
+    # No checkpoint at all is a deliberate choice too: the connector stays random without complaint.
+    Salmonn(dataclasses.replace(tiny_config, ckpt=""))
+
+
+def test_truncated_or_corrupt_weight_files_are_errors_naming_the_file(tiny_config, tiny_files, tmp_path):
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(Path(tiny_files["ckpt"]).read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"truncated.pth: not a readable checkpoint"):
+        Salmonn(dataclasses.replace(tiny_config, ckpt=str(truncated)))
+
+    for part, weights_name in (("llm_path", "model.safetensors"), ("whisper_path", "model.safetensors")):
+        folder = tmp_path / part
+        shutil.copytree(tiny_files[part], folder)
+        data = (folder / weights_name).read_bytes()
+        (folder / weights_name).write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match=rf"{re.escape(str(folder / weights_name))}: cannot (load|read)"):
+            Salmonn(dataclasses.replace(tiny_config, **{part: str(folder)}))

@@ -96,18 +96,29 @@ def _read(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # zip/pickle errors have many types; all mean the file cannot be read
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {type(error).__name__}: {error}") from error
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
 
 
-def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int]:
+def required_checkpoint_keys(model: nn.Module) -> list[str]:
+    """The parameters no other file provides, so a checkpoint must: the connector (Q-Former, query
+    tokens, speech/audio LayerNorms, projection) and the LoRA matrices. Without them they would be
+    random, and the model would answer without having learnt to listen."""
+    return [n for n, _ in model.named_parameters() if n.startswith("connector.") or (n.startswith("llm.") and ".lora_" in n)]
+
+
+def load_salmonn_checkpoint(model: nn.Module, path: str | Path, allow_missing: bool = False) -> dict[str, int]:
     """Load an official SALMONN ``.pth``, a salmonn-pl checkpoint, or a ``salmonn-pl fit`` Lightning
     ``.ckpt`` (weights under ``salmonn.``) into ``model``.
 
-    Returns counts of loaded tensors per top-level module. Raises on keys that cannot be placed
-    and on shape mismatches, naming the file and the keys.
+    Returns counts of loaded tensors per top-level module. Raises on keys that cannot be placed,
+    on shape mismatches and, unless ``allow_missing``, on :func:`required_checkpoint_keys` the
+    file lacks, naming the file and the keys.
     """
     obj = _read(path)
     if obj.get("format") == FORMAT:
@@ -146,6 +157,13 @@ def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
     if mismatched:
         raise ValueError(f"{path}: shape mismatches (check the model config):\n  " + "\n  ".join(mismatched))
+    missing = [k for k in required_checkpoint_keys(model) if k not in state]
+    if missing and not allow_missing:
+        raise ValueError(
+            f"{path}: lacks {len(missing)} of the weights this model takes from its checkpoint (they would stay "
+            f"random): {missing[:20]}{' ...' if len(missing) > 20 else ''}. Check that this is the checkpoint of "
+            "this model config, or set allow_missing: true for a deliberate partial load"
+        )
     model.load_state_dict(state, strict=False)
     if all(r is not None for r in pad_rows):
         from salmonn_pl.model.llm import set_pad_rows
@@ -156,7 +174,9 @@ def load_salmonn_checkpoint(model: nn.Module, path: str | Path) -> dict[str, int
     not_in_ckpt = sorted(trainable - set(state))
     counts = Counter(k.split(".")[0] for k in state)
     log.info("loaded %d tensors from %s: %s", len(state), path, dict(counts))
-    if not_in_ckpt:
+    if missing:
+        log.info("%s: allow_missing: %d weights absent from the checkpoint stay randomly initialised, e.g. %s", path, len(missing), missing[:5])
+    elif not_in_ckpt:
         log.warning("%s holds no value for %d trainable tensors (kept as initialised), e.g. %s", path, len(not_in_ckpt), not_in_ckpt[:5])
     return dict(counts)
 

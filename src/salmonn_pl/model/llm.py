@@ -72,7 +72,10 @@ def load_llm(
         kwargs["device_map"] = device_map if device_map is not None else {"": torch.cuda.current_device()}
     elif device_map is not None:
         kwargs["device_map"] = device_map
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as error:
+        raise ValueError(f"{unreadable_weight_file(path) or path}: cannot load the LLM: {type(error).__name__}: {error}") from error
 
     new_vocab_size = tokenizer if isinstance(tokenizer, int) else len(tokenizer)
     _resize_vocab(model, new_vocab_size, seed=pad_row_seed)
@@ -82,6 +85,24 @@ def load_llm(
     if lora is not None:
         model = apply_lora(model, lora)
     return model
+
+
+def unreadable_weight_file(path: Path) -> Path | None:
+    """The first weight file of the Hugging Face directory ``path`` that cannot be read (truncated or
+    corrupt), ``None`` if all open. Cheap: safetensors headers are checked against the file size, and
+    ``.bin`` files are memory-mapped, not read."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")):
+        try:
+            if file.suffix == ".safetensors":
+                with safe_open(str(file), "pt"):
+                    pass
+            else:
+                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            return file
+    return None
 
 
 def _dtype_by_name(name: str) -> torch.dtype:

@@ -33,6 +33,7 @@ from salmonn_pl.data.variants import Ablation
 from salmonn_pl.model.beats import BEATs
 from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
+from salmonn_pl.model.weights import WEIGHT_FIELDS, resolve_weights
 from salmonn_pl.model.whisper import load_whisper_encoder
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
 from salmonn_pl.settings_check import above, at_least, require
@@ -48,17 +49,22 @@ AudioTokens = torch.Tensor | list[torch.Tensor] | None
 class SalmonnConfig:
     """Every option of the official SALMONN model config, plus precision and batching knobs.
 
-    Paths: ``llm_path`` is a Hugging Face causal-LM directory holding the SentencePiece
+    Weights: ``llm_path`` is a Hugging Face causal-LM directory holding the SentencePiece
     ``tokenizer.model`` (Vicuna 13B v1.1 / 7B); ``whisper_path`` a Hugging Face Whisper directory
     (whisper-large-v2); ``beats_path`` an official BEATs checkpoint (``BEATs_iter3_plus_AS2M*.pt``),
     empty for a Whisper-only model; ``ckpt`` the official ``salmonn_v1.pth`` /
-    ``salmonn_7b_v0.pth`` or a salmonn-pl checkpoint (trainable weights only).
+    ``salmonn_7b_v0.pth`` or a salmonn-pl checkpoint (trainable weights only), empty for a
+    randomly initialised connector. Each is a local path or a name fetched into the Hugging Face
+    cache: ``org/repo[@rev]`` (directories), ``hf://org/repo/file[@rev]``, ``https://...[#sha256=hex]``
+    (see :mod:`salmonn_pl.model.weights`). ``allow_missing``: load a ``ckpt`` that lacks some of the
+    connector / LoRA weights (they stay randomly initialised); otherwise that is an error.
     """
 
     llm_path: str
     whisper_path: str
     beats_path: str = ""
     ckpt: str = ""
+    allow_missing: bool = False
     num_speech_query_token: int = 1
     window_level_qformer: bool = True
     second_per_window: float = 0.333333
@@ -119,7 +125,9 @@ class LLMInputs:
 class Salmonn(nn.Module):
     def __init__(self, config: SalmonnConfig):
         super().__init__()
-        llm_path = Path(config.llm_path)
+        # Every name resolves (and downloads) before anything loads, so a missing weight fails at once.
+        paths = resolve_weights({f: getattr(config, f) for f in WEIGHT_FIELDS})
+        llm_path = Path(paths["llm_path"])
         tokenizer = SalmonnTokenizer(llm_path)
         llm = load_llm(
             llm_path,
@@ -135,13 +143,13 @@ class Salmonn(nn.Module):
             else None,
             load_in_8bit=config.load_in_8bit,
         )
-        whisper = load_whisper_encoder(config.whisper_path)
-        beats = BEATs.from_checkpoint(config.beats_path) if config.beats_path else None
+        whisper = load_whisper_encoder(paths["whisper_path"])
+        beats = BEATs.from_checkpoint(paths["beats_path"]) if paths["beats_path"] else None
         self._build(config, tokenizer, llm, whisper, beats)
-        if config.ckpt:
+        if paths["ckpt"]:
             from salmonn_pl.model.checkpoint import load_salmonn_checkpoint
 
-            load_salmonn_checkpoint(self, config.ckpt)
+            load_salmonn_checkpoint(self, paths["ckpt"], allow_missing=config.allow_missing)
 
     @classmethod
     def from_modules(
