@@ -155,10 +155,11 @@ class SalmonnModule(L.LightningModule):
         return super().train(mode)
 
     def row_ablations(self, batch: dict, ablation: Ablation | None = None) -> list[str]:
-        """Each row's ablation: the variant's own (``meta["ablation"]``), else the run's."""
+        """Each row's ablation: the variant's own (``meta["variant_params"]["ablation"]``), else the run's."""
         default = ablation or self.ablation
         metas = batch.get("meta") or [{}] * len(batch["prompt"])
-        return [m.get("ablation", "none") if m.get("ablation", "none") != "none" else default for m in metas]
+        own = [(m.get("variant_params") or {}).get("ablation", "none") for m in metas]
+        return [name if name != "none" else default for name in own]
 
     def encode(self, batch: dict, ablation: Ablation | None = None) -> AudioTokens:
         """Audio tokens for every row: a tensor, a list of per-row tensors (long audio, text-only rows

@@ -1,5 +1,6 @@
 """SakuraDataModule: question x variant examples, YAML configuration, skip policy, throughput."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def test_every_question_under_every_variant():
                 assert prompt == DEFAULT_PROMPT_TEMPLATE.replace("{question}", question.instruction)
                 np.testing.assert_array_equal(wav[: len(original)], original[:480_000])
             else:
-                assert meta["pad_fill"] == "noise" and meta["strip_options"]
+                assert meta["variant_params"]["pad_fill"] == "noise" and meta["variant_params"]["strip_options"]
                 assert "(a)" not in prompt and prompt.count("<SpeechHere>") == 1
                 assert length == max(15 * 16_000, len(original))
                 start = round(meta["clip_start_s"] * 16_000)
@@ -99,10 +100,14 @@ data:
     examples = [dm.dataset[i] for i in range(len(dm.dataset))]
     assert {e["meta"]["variant"] for e in examples} == set(names)
     text_only = next(e for e in examples if e["meta"]["variant"] == "text_only")
-    assert text_only["meta"]["ablation"] == "zero_audio"
+    assert text_only["meta"]["variant_params"]["ablation"] == "zero_audio"
+    # Every setting of the variant travels as one value, none of them flat in the meta.
+    settings = {field.name for field in dataclasses.fields(Variant)} - {"name"}
+    assert set(text_only["meta"]["variant_params"]) == settings and not settings & set(text_only["meta"])
     for e in examples:
-        if e["meta"]["pad_seconds"] is not None and not e["meta"]["longer_than_target"]:
-            assert len(e["audio"]) == e["meta"]["pad_seconds"] * 16_000
+        seconds = e["meta"]["variant_params"]["pad_seconds"]
+        if seconds is not None and not e["meta"]["longer_than_target"]:
+            assert len(e["audio"]) == seconds * 16_000
 
 
 def _release_with_bad_clips(root: Path) -> None:

@@ -199,7 +199,7 @@ def test_sixty_second_middle_example_holds_the_clip_at_the_recorded_offset():
         assert round(meta["target_end_s"] * SR) == start + len(clip) == start + meta["num_samples"]
         np.testing.assert_array_equal(wav[start : start + len(clip)], clip)
         assert not wav[start - 1600 : start].any() and not wav[start + len(clip) : start + len(clip) + 1600].any()
-        assert (meta["long_audio_seconds"], meta["long_audio_position"]) == (60, "middle")
+        assert (meta["variant_params"]["long_audio_seconds"], meta["variant_params"]["long_audio_position"]) == (60, "middle")
         assert not meta["target_within_first_30s"] and not meta["longer_than_target"]
 
         distractors = meta["distractor_ids"]
@@ -237,7 +237,7 @@ def test_distractor_source_restricts_tracks():
     assert [v.name for v in dm.variants] == ["long30s-early-same_track", "long30s-early-other_tracks"]
     for example in examples:
         tracks = {i.split("/")[0] for i in example["meta"]["distractor_ids"]}
-        if example["meta"]["long_audio_distractors"] == "same_track":
+        if example["meta"]["variant_params"]["long_audio_distractors"] == "same_track":
             assert tracks == {"Emotion"}
         else:
             assert tracks and "Emotion" not in tracks

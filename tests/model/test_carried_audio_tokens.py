@@ -22,7 +22,7 @@ def _clips() -> dict[str, np.ndarray]:
 def _batch(rows: list[tuple[str, str]], clips: dict[str, np.ndarray]) -> dict:
     examples = [
         {"id": f"{key}/{i}", "audio": clips[key], "prompt": PROMPT, "text": "(a) tone",
-         "meta": {"ablation": ablation, "audio_key": key}}
+         "meta": {"variant_params": {"ablation": ablation}, "audio_key": key}}
         for i, (key, ablation) in enumerate(rows)
     ]
     return SpeechCollator()(examples)
@@ -32,12 +32,12 @@ def _encode(model, batch: dict, carry: CarriedAudioTokens | None):
     """Tokens of the shared path (with ``carry``) and of the row-by-row reference path."""
     shared = _encode_shared(model, batch, carry)
     with torch.no_grad():
-        reference = encode_audio_per_ablation(model, AudioBatch.of(batch), [m["ablation"] for m in batch["meta"]])
+        reference = encode_audio_per_ablation(model, AudioBatch.of(batch), [m["variant_params"]["ablation"] for m in batch["meta"]])
     return shared, reference
 
 
 def _encode_shared(model, batch: dict, carry: CarriedAudioTokens | None):
-    ablations = [m["ablation"] for m in batch["meta"]]
+    ablations = [m["variant_params"]["ablation"] for m in batch["meta"]]
     keys = [m["audio_key"] for m in batch["meta"]]
     with torch.no_grad():
         return encode_audio_shared(model, AudioBatch.of(batch), ablations, keys, carry=carry)

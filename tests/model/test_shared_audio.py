@@ -53,7 +53,7 @@ def _mixed_examples() -> list[dict]:
             "audio": clips[key or "short"],
             "prompt": PROMPT,
             "text": "(a) tone",
-            "meta": {"ablation": ablation, **({"audio_key": key} if key else {})},
+            "meta": {"variant_params": {"ablation": ablation}, **({"audio_key": key} if key else {})},
         }
         for i, (hop, key, ablation) in enumerate(rows)
     ]
@@ -64,7 +64,7 @@ def _audio(batch: dict) -> AudioBatch:
 
 
 def _ablations_and_keys(batch: dict) -> tuple[list[str], list[str | None]]:
-    return [m["ablation"] for m in batch["meta"]], [m.get("audio_key") for m in batch["meta"]]
+    return [m["variant_params"]["ablation"] for m in batch["meta"]], [m.get("audio_key") for m in batch["meta"]]
 
 
 def _rows(tokens) -> list[torch.Tensor]:
@@ -180,7 +180,7 @@ def test_beats_output_lengths_are_the_extracted_token_counts(tiny_salmonn):
 def test_the_module_shares_in_evaluation_and_encodes_row_by_row_in_training(tiny_config, tiny_salmonn, monkeypatch):
     module = SalmonnModule(tiny_config)
     module.salmonn = tiny_salmonn
-    examples = [e for e in _mixed_examples() if e["meta"]["ablation"] == "none"]
+    examples = [e for e in _mixed_examples() if e["meta"]["variant_params"]["ablation"] == "none"]
     batch = SpeechCollator()(examples)
     ablations, keys = _ablations_and_keys(batch)
     counters = count_encoder_rows(monkeypatch, tiny_salmonn)
@@ -275,5 +275,5 @@ def test_a_key_shared_by_different_audio_is_an_error(tiny_salmonn):
 def test_the_mixed_batch_covers_what_it_claims():
     examples = _mixed_examples()
     by_key = Counter(e["meta"].get("audio_key") for e in examples)
-    assert {e["meta"]["ablation"] for e in examples} == set(ABLATIONS)
+    assert {e["meta"]["variant_params"]["ablation"] for e in examples} == set(ABLATIONS)
     assert by_key["clip"] == 11 and by_key[None] == 3

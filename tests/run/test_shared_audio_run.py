@@ -60,6 +60,6 @@ def test_shared_encoding_gives_the_answers_of_row_by_row_encoding(tiny_files, tm
     dataset = cli.datamodule.dataset
     metas = [dataset[i]["meta"] for i in range(len(dataset))]
     batches = [metas[i : i + BATCH_SIZE] for i in range(0, len(metas), BATCH_SIZE)]
-    distinct = sum(len({m["audio_key"] for m in batch if m["ablation"] in USES_WHISPER}) for batch in batches)
+    distinct = sum(len({m["audio_key"] for m in batch if m["variant_params"]["ablation"] in USES_WHISPER}) for batch in batches)
     assert row_by_row_rows == len(metas) == 32  # zero_whisper rows ran Whisper too, for nothing
     assert shared_rows == distinct == 8  # each batch holds one clip: its released and its padded audio

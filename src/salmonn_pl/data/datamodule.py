@@ -135,7 +135,8 @@ class SakuraDataset(Dataset):
             **({"answer_verbatim": question.answer_verbatim} if question.answer_verbatim not in ("", question.answer) else {}),
             "instruction": question.instruction,
             "question": text,
-            **{key: value for key, value in variant.params().items() if key != "name"},
+            # The variant's settings, as one value (the record's meta.variant_params).
+            "variant_params": {key: value for key, value in variant.params().items() if key != "name"},
             "variant": variant.name,
             "audio_key": variant.audio_key(clip_id),
             "num_samples": len(audio),

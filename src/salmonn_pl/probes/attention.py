@@ -231,7 +231,7 @@ def profile_batch(
 
     ``answers="generated"`` lets the model answer first (``generation`` settings, official defaults
     when ``None``) and teacher-forces its own answer; ``"reference"`` teacher-forces ``batch["text"]``
-    (the golden answer). Each row's encoder ablation is its variant's (``meta["ablation"]``); rows of
+    (the golden answer). Each row's encoder ablation is its variant's (``meta["variant_params"]["ablation"]``); rows of
     a text-only variant (``no_audio``) have no audio to attend to and are left out.
     """
     if model.training:
@@ -298,7 +298,7 @@ def profile_batch(
 
 def _row_ablations(ids: list[str], metas: list[Mapping[str, Any]]) -> list[str]:
     known = get_args(Ablation)
-    ablations = [str(meta.get("ablation", "none")) for meta in metas]
+    ablations = [str((meta.get("variant_params") or {}).get("ablation", "none")) for meta in metas]
     for row_id, ablation in zip(ids, ablations):
         if ablation not in known:
             raise ValueError(f"example {row_id!r}: meta ablation {ablation!r} is not one of {list(known)}")
