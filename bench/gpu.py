@@ -11,7 +11,7 @@ compute in fp16).
 For every precision and batch size (synthetic 16 kHz noise clips of ``clip_seconds`` behind
 SAKURA-style questions, collated by the real :class:`~salmonn_pl.data.collate.SpeechCollator`):
 
-* **questions/s**: encoders + Q-Former + :meth:`Salmonn.generate` (``num_beams`` beams,
+* **questions/s**: encoders + Q-Former + :func:`salmonn_pl.generation.generate.generate` (``num_beams`` beams,
   ``max_new_tokens`` tokens; random weights practically never emit ``</s>``, so answers have the
   full length), the path ``salmonn-pl test`` takes for each batch; with its projection to the full
   SAKURA benchmark (4000 questions);

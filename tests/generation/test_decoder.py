@@ -50,10 +50,12 @@ def test_decoder_defaults_are_the_settings_defaults(decoder, settings):
 
 
 def test_a_bad_setting_names_its_key():
-    with pytest.raises(SettingError, match="contrastive.beta"):
+    with pytest.raises(SettingError, match=r"^decoder.beta must be >= 0, got -1.0$"):
         Contrastive(beta=-1.0)
-    with pytest.raises(SettingError, match="option_scoring.calibration"):
+    with pytest.raises(SettingError, match=r"^decoder.calibration must be one of"):
         OptionScoring(calibration="bogus")
+    with pytest.raises(SettingError, match=r"^decoder.alpha must be >= 0"):
+        DiverseBeam(alpha=-0.5)
 
 
 def test_the_module_keeps_the_decoder_as_plain_settings(tiny_config):

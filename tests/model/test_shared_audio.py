@@ -1,6 +1,6 @@
 """Evaluation encodes each distinct audio of a batch once, and only with the encoders its ablations keep.
 
-The reference is :meth:`Salmonn.encode_audio_per_ablation` (every row through :meth:`encode_audio`
+The reference is :func:`encode_audio_per_ablation` (every row through :meth:`Salmonn.encode_audio`
 with its own ablation, the path of training and of the code before sharing). Every row must get
 the reference's tokens; sharing may only change float rounding where an encoder's batch differs.
 """

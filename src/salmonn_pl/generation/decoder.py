@@ -24,8 +24,18 @@ from salmonn_pl.generation.generate import generate
 from salmonn_pl.generation.nonfinite import NonFiniteLogits
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn
+from salmonn_pl.settings_check import SettingError
 
 NON_FINITE_ERROR = "non-finite logits (NaN or inf) while decoding: the model's output is not a number"
+
+
+def _decoder_settings(cls: type, **values: Any) -> Any:
+    """``cls(**values)``, a bad value named as the decoder's argument (``decoder.beta must be ...``)."""
+    try:
+        return cls(**values)
+    except SettingError as error:
+        _, _, rest = str(error).partition(".")
+        raise SettingError(f"decoder.{rest}") from None
 
 
 @dataclass
@@ -104,7 +114,7 @@ class DiverseBeam(TextDecoder):
             query: what a beam is compared by: its last hidden state, or the mean input embedding of its tokens.
             token_vectors: the candidate token's vectors: input embeddings or output-projection rows.
         """
-        self.diverse_beam = DiverseBeamSettings(alpha=alpha, query=query, token_vectors=token_vectors)
+        self.diverse_beam = _decoder_settings(DiverseBeamSettings, alpha=alpha, query=query, token_vectors=token_vectors)
 
     def settings(self) -> DiverseBeamSettings:
         return self.diverse_beam
@@ -123,7 +133,7 @@ class Contrastive(TextDecoder):
             beta: contrast strength; 0 = plain decoding.
             plausibility: keep tokens with p_audio >= plausibility * max p_audio; 0 keeps all.
         """
-        self.contrastive = ContrastiveSettings(beta=beta, plausibility=plausibility)
+        self.contrastive = _decoder_settings(ContrastiveSettings, beta=beta, plausibility=plausibility)
 
     def settings(self) -> ContrastiveSettings:
         return self.contrastive
@@ -157,7 +167,8 @@ class OptionScoring(Decoder):
             permutations: ``cyclic``: average over the cyclic shifts of the options (position debiasing).
             max_rows_per_forward: option rows per LLM forward (memory bound).
         """
-        self.option_scoring = OptionScoringSettings(
+        self.option_scoring = _decoder_settings(
+            OptionScoringSettings,
             answer_format=answer_format,
             length_normalization=length_normalization,
             score_end_of_answer=score_end_of_answer,
