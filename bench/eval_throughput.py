@@ -65,8 +65,9 @@ from common import SHARED, Timing, machine_header, markdown_table, write_section
 
 import salmonn_pl.data.collate as collate_module  # noqa: E402
 import salmonn_pl.eval.evaluator as evaluator_module  # noqa: E402
+import salmonn_pl.generation.decode as decode_module  # noqa: E402
+import salmonn_pl.model.audio_encoding as audio_encoding_module  # noqa: E402
 import salmonn_pl.model.beats as beats_module  # noqa: E402
-import salmonn_pl.model.salmonn as salmonn_module  # noqa: E402
 from salmonn_pl.cli import build_cli  # noqa: E402
 from salmonn_pl.data.collate import SpeechCollator  # noqa: E402
 from salmonn_pl.data.datamodule import SakuraDataset  # noqa: E402
@@ -104,13 +105,13 @@ AUDIO_STAGES = (
 REMEDIES = {
     "Whisper encoder": (
         "compute-bound: attention over the fixed 1500 frames of a 30 s window, however short the clip "
-        "(`WhisperEncoder.forward`, called by `Salmonn.encode_audio_shared` in src/salmonn_pl/model/salmonn.py), once "
+        "(`WhisperEncoder.forward`, called by `encode_audio_shared` in src/salmonn_pl/model/audio_encoding.py), once "
         "per distinct waveform (a clip whose questions straddle two batches reuses the first batch's tokens). The tiny "
         "model's LLM (2 layers, 64 wide) costs less than its Whisper over 1500 frames, unlike the 7B model's "
         "(see `## gpu`); torch threads or a GPU divide it, batching does not."
     ),
     "BEATs fbank": (
-        "`kaldi_fbank_batch` (src/salmonn_pl/model/fbank.py) works in float64, as the official fbank does, on every "
+        "`kaldi_fbank_batch` (src/salmonn_pl/audio/fbank.py) works in float64, as the official fbank does, on every "
         "row up to the longest clip of the batch."
     ),
     "BEATs encoder": (
@@ -134,7 +135,7 @@ REMEDIES = {
         "in the per-sample loop."
     ),
     "Whisper log-mel (collator)": (
-        "`whisper_log_mel` (src/salmonn_pl/data/features.py) in the collator, once per distinct waveform of a "
+        "`whisper_log_mel` (src/salmonn_pl/audio/features.py) in the collator, once per distinct waveform of a "
         "batch, see `## features`; DataLoader workers move it off the main process."
     ),
     "Q-Former + projection": (
@@ -142,7 +143,7 @@ REMEDIES = {
         "(waveform, ablation) of a batch."
     ),
     "encode (rest)": (
-        "`Salmonn.encode_audio_shared` (src/salmonn_pl/model/salmonn.py) around the encoders: grouping rows by "
+        "`encode_audio_shared` (src/salmonn_pl/model/audio_encoding.py) around the encoders: grouping rows by "
         "audio and ablation, zeros for skipped encoders, and the sample comparisons that check shared audio."
     ),
     "LLM prefill": "`CachedLM.prefill` (src/salmonn_pl/generation/decode.py): prompt and 88 audio tokens per question.",
@@ -161,7 +162,7 @@ def stage_targets() -> list[tuple[str, Any, str]]:
 
     Several callables may share a stage (BEATs has a batched and a per-clip path). Functions are
     patched where they are looked up: the collator calls ``collate.whisper_log_mel``, BEATs calls
-    ``beats.kaldi_fbank_batch``, ``Salmonn.generate`` calls ``salmonn.generate`` (the decode loop).
+    ``beats.kaldi_fbank_batch``, ``generation.generate.generate`` calls ``decode.generate`` (the decode loop).
     """
     return [
         ("read wav + variant", SakuraDataset, "__getitem__"),
@@ -173,11 +174,11 @@ def stage_targets() -> list[tuple[str, Any, str]]:
         ("Whisper encoder", WhisperEncoder, "forward"),
         ("Q-Former + projection", WindowQFormer, "forward"),
         ("encode (rest)", Salmonn, "encode_audio"),
-        ("encode (rest)", Salmonn, "encode_audio_shared"),
+        ("encode (rest)", audio_encoding_module, "encode_audio_shared"),
         ("prompt assembly + embedding", Salmonn, "assemble"),
         ("LLM prefill", CachedLM, "prefill"),
         ("LLM decode steps", CachedLM, "step"),
-        ("beam search / decode loop (rest)", salmonn_module, "generate"),
+        ("beam search / decode loop (rest)", decode_module, "generate"),
         ("answer (rest: processors, detokenize)", SalmonnModule, "answer"),
         ("judge", evaluator_module, "judge_records"),
         ("prediction store (jsonl + fsync)", PredictionStore, "append"),
@@ -238,17 +239,17 @@ def official_encoding(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    carrying = Salmonn.__dict__["encode_audio_shared"]
+    carrying = audio_encoding_module.encode_audio_shared
 
     @functools.wraps(carrying)
-    def without_carry(self, *args: Any, carry: Any = None, **kwargs: Any) -> Any:
-        return carrying(self, *args, **kwargs)
+    def without_carry(model: Salmonn, *args: Any, carry: Any = None, **kwargs: Any) -> Any:
+        return carrying(model, *args, **kwargs)
 
-    Salmonn.encode_audio_shared = without_carry
+    audio_encoding_module.encode_audio_shared = without_carry
     try:
         yield
     finally:
-        Salmonn.encode_audio_shared = carrying
+        audio_encoding_module.encode_audio_shared = carrying
 
 
 class LoopClock(Callback):

@@ -4,7 +4,7 @@ Two measurements on the same SAKURA clips, in one run so that their ratios are c
 
 1. **features alone** (waveforms already in memory, one process, ``threads`` torch threads):
    (a) transformers' ``WhisperFeatureExtractor`` called per clip, as the official SALMONN data path
-   does; (b) our batched :func:`~salmonn_pl.data.features.whisper_log_mel`; (c) (b) plus the BEATs
+   does; (b) our batched :func:`~salmonn_pl.audio.features.whisper_log_mel`; (c) (b) plus the BEATs
    Kaldi fbank in float64 as the model computes it (on the CPU here; on a GPU when one is present,
    an extra row). Both as the clips are released and padded to ``pad_seconds``.
 2. **full data path** through ``torch.utils.data.DataLoader`` with 0, 1, 2 worker processes: reading
@@ -43,14 +43,14 @@ from common import (  # noqa: E402
     write_section,
 )
 
-from salmonn_pl.data.audio import SAMPLE_RATE, prepare_official  # noqa: E402
+from salmonn_pl.audio.load import SAMPLE_RATE, prepare_official  # noqa: E402
 from salmonn_pl.data.collate import Batch, Example, SpeechCollator  # noqa: E402
 from salmonn_pl.data.datamodule import SakuraDataModule  # noqa: E402
-from salmonn_pl.data.features import whisper_log_mel  # noqa: E402
+from salmonn_pl.audio.features import whisper_log_mel  # noqa: E402
 from salmonn_pl.data.sakura import load_question_audio, read_sakura  # noqa: E402
 from salmonn_pl.data.variants import PadFill, PadPosition, Variant  # noqa: E402
 from salmonn_pl.model.beats import INT16_SCALE, NUM_MEL_BINS  # noqa: E402
-from salmonn_pl.model.fbank import kaldi_fbank_batch  # noqa: E402
+from salmonn_pl.audio.fbank import kaldi_fbank_batch  # noqa: E402
 
 DEFAULT_ROOT = SHARED / "sakura-mini"
 FULL_BENCHMARK_QUESTIONS = 4000  # 4 tracks x 500 clips x 2 hops, each question read and featurised once

@@ -11,7 +11,7 @@ compute in fp16).
 For every precision and batch size (synthetic 16 kHz noise clips of ``clip_seconds`` behind
 SAKURA-style questions, collated by the real :class:`~salmonn_pl.data.collate.SpeechCollator`):
 
-* **questions/s**: encoders + Q-Former + :meth:`Salmonn.generate` (``num_beams`` beams,
+* **questions/s**: encoders + Q-Former + :func:`salmonn_pl.generation.generate.generate` (``num_beams`` beams,
   ``max_new_tokens`` tokens; random weights practically never emit ``</s>``, so answers have the
   full length), the path ``salmonn-pl test`` takes for each batch; with its projection to the full
   SAKURA benchmark (4000 questions);
@@ -53,7 +53,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import beats_cfg, machine_header, markdown_table, write_section  # noqa: E402
 
-from salmonn_pl.data.collate import Example, SpeechCollator  # noqa: E402
+from salmonn_pl.data.collate import AudioBatch, Example, SpeechCollator  # noqa: E402
 from salmonn_pl.data.variants import DEFAULT_PROMPT_TEMPLATE  # noqa: E402
 from salmonn_pl.generation.decode import CachedLM, GenerationSettings  # noqa: E402
 from salmonn_pl.model.beats import BEATs, BEATsConfig  # noqa: E402
@@ -62,6 +62,7 @@ from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig  # noqa: E402
 from salmonn_pl.model.tiny import train_tokenizer  # noqa: E402
 from salmonn_pl.model.tokenizer import SalmonnTokenizer  # noqa: E402
 from salmonn_pl.model.window_qformer import QFormerSettings  # noqa: E402
+from salmonn_pl.generation.generate import generate  # noqa: E402
 
 # float32 is there for CPU runs at toy size; 8-bit computes in fp16 around its int8 weights.
 Precision = Literal["float16", "bfloat16", "int8", "float32"]
@@ -342,10 +343,10 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
 
     def encode() -> torch.Tensor:
-        return salmonn.encode_audio(batch.spectrogram, batch.raw_wav, batch.padding_mask, batch.wav_lengths)["audio_tokens"]
+        return salmonn.encode_audio(AudioBatch(batch.spectrogram, batch.raw_wav, batch.padding_mask, batch.wav_lengths))["audio_tokens"]
 
     def answer() -> None:
-        salmonn.generate(batch.prompts, encode(), settings, padding_side="left")
+        generate(salmonn, batch.prompts, encode(), settings, padding_side="left")
 
     result.answer_s = best_seconds(answer, device, warmup, repeats)
     result.encode_s = best_seconds(encode, device, warmup, repeats)

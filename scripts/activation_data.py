@@ -3,14 +3,14 @@
     python scripts/activation_data.py --sakura_root ../shared/sakura-mini --out_dir outputs/activation-data
 
 Picks ``n`` clips spread over the tracks of a SAKURA-layout folder and pairs each with a long story
-about its label (see :mod:`salmonn_pl.training.activation`).
+about its label (see :mod:`salmonn_pl.data.activation`).
 """
 
 from __future__ import annotations
 
 from jsonargparse import CLI
 
-from salmonn_pl.training.activation import write_template_activation_set
+from salmonn_pl.data.activation import write_template_activation_set
 
 
 def main(

@@ -188,11 +188,13 @@ def _write_config(out: Path, preset: dict, paths: dict[str, str], tiny_config: d
 
 def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: list[dict]) -> tuple[dict, dict]:
     """The manifest's tensors and its ``info`` section, computed by salmonn-pl on the written files."""
-    from salmonn_pl.data.audio import load_audio, prepare_official
-    from salmonn_pl.data.collate import SpeechCollator
-    from salmonn_pl.generation.decode import GenerationSettings, generate
+    from salmonn_pl.audio.load import load_audio, prepare_official
+    from salmonn_pl.data.collate import AudioBatch, SpeechCollator
+    from salmonn_pl.generation import decode
+    from salmonn_pl.generation.decode import GenerationSettings
+    from salmonn_pl.generation.generate import generate
     from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
-    from salmonn_pl.model.fbank import kaldi_fbank
+    from salmonn_pl.audio.fbank import kaldi_fbank
     from salmonn_pl.model.salmonn import Salmonn
     from salmonn_pl.model.window_qformer import frames_per_window
 
@@ -217,7 +219,7 @@ def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: l
         t[f"wav{i}.num_samples"] = torch.tensor(len(raw))
         entry = {"num_samples": len(raw), "prompt": prompt}
         with torch.no_grad():
-            enc = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+            enc = model.encode_audio(AudioBatch.of(batch))
             if model.beats is not None:
                 fbank = kaldi_fbank(raw * 2**15)
                 t[f"wav{i}.beats_fbank"] = ((fbank - FBANK_MEAN) / (2 * FBANK_STD)).to(torch.float32)[None]
@@ -238,8 +240,8 @@ def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: l
             llm_out = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask, output_hidden_states=True)
         t[f"wav{i}.logits_last"] = llm_out.logits[:, -1]
         t[f"wav{i}.llm_last_hidden"] = llm_out.hidden_states[-1]
-        g = model.generate([prompt], speech, greedy).sequences[0]
-        b = model.generate([prompt], speech, beam4)
+        g = generate(model, [prompt], speech, greedy).sequences[0]
+        b = generate(model, [prompt], speech, beam4)
         t[f"wav{i}.gen_greedy_ids"] = torch.tensor([1, *g])
         t[f"wav{i}.gen_beam4_ids"] = torch.tensor([1, *b.sequences[0]])
         t[f"wav{i}.gen_beam4_sequence_score"] = torch.tensor(b.sequence_scores, dtype=torch.float32)
@@ -256,7 +258,7 @@ def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: l
     batch = SpeechCollator()(examples)
     t["batch.padding_mask_num_true"] = batch["padding_mask"].sum(1)
     with torch.no_grad():
-        enc = official.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        enc = official.encode_audio(AudioBatch.of(batch))
         if official.beats is not None:
             features, mask = official.beats.extract_features(batch["raw_wav"], batch["padding_mask"])
             t["batch.beats_features"], t["batch.beats_padding_mask_out"] = features, mask
@@ -277,8 +279,8 @@ def _compute(out: Path, preset: dict, paths: dict[str, str], tiny: dict, wavs: l
         t["batch.loss_varlen_target"] = official.lm_loss(varlen)
     gen_inputs = official.assemble(prompts, enc["audio_tokens"], padding_side="right")
     t["batch.gen_attention_mask"] = gen_inputs.attention_mask
-    result = generate(official.llm, gen_inputs.inputs_embeds, gen_inputs.attention_mask,
-                      GenerationSettings(max_new_tokens=10, num_beams=1, stop_on_first_row_eos=True))
+    result = decode.generate(official.llm, gen_inputs.inputs_embeds, gen_inputs.attention_mask,
+                             GenerationSettings(max_new_tokens=10, num_beams=1, stop_on_first_row_eos=True))
     width = max(len(s) for s in result.sequences)
     ids = torch.zeros(len(prompts), width + 1, dtype=torch.long)
     ids[:, 0] = 1

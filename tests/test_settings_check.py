@@ -111,7 +111,9 @@ def test_lora_scale_must_be_finite_and_non_negative(tiny_config, scale):
     (["--model.model.lora_dropout", "1.5"], "error: model.model.lora_dropout must be in [0, 1), got 1.5"),
     (["--model.lora_scale", "-1"], "error: model.lora_scale must be a finite number >= 0, got -1.0"),
     (["--model.optim", "{lr: 0}"], "error: model.optim.lr must be > 0, got 0.0"),
-], ids=["num_beams", "lora_dropout", "lora_scale", "optim_lr"])
+    (["--model.decoder", "Contrastive", "--model.decoder.beta", "-1"], "error: model.decoder.beta must be >= 0, got -1.0"),
+    (["--model.decoder.max_rows_per_forward", "0"], "error: model.decoder.max_rows_per_forward must be >= 1, got 0"),
+], ids=["num_beams", "lora_dropout", "lora_scale", "optim_lr", "decoder_beta", "decoder_rows"])
 @pytest.mark.parametrize("print_config", [True, False], ids=["print_config", "run"])
 def test_cli_shows_the_short_message_first(override, message, print_config, capsys, tmp_path):
     extra = ["--print_config"] if print_config else ["--model.output_dir", str(tmp_path)]

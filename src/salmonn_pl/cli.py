@@ -175,6 +175,8 @@ class SalmonnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Reports and W&B name the run after its output directory unless told otherwise.
         parser.link_arguments("model.output_dir", "trainer.default_root_dir")
+        # The audio the data keeps is the audio the model encodes: set once, as model.model.max_audio_seconds.
+        parser.link_arguments("model.model.max_audio_seconds", "data.init_args.max_audio_seconds")
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

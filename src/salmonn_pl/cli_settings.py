@@ -9,6 +9,7 @@ command with one line naming its config key: ``error: model.generation.num_beams
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import sys
 import types
@@ -59,8 +60,24 @@ def check_module_settings(model: Namespace | Mapping | None) -> None:
                 build_setting(hints[name], value)
             except TypeError:  # a required field still unset (e.g. printing a config template): nothing to check
                 pass
+    _build_decoder(values.get("decoder"))
     names = inspect.signature(check_module_arguments).parameters
     check_module_arguments(**{name: value for name, value in values.items() if name in names and value is not None})
+
+
+def _build_decoder(value: Any) -> None:
+    """Build the parsed ``decoder`` ({class_path, init_args}), which checks its settings; cheap, it holds no model."""
+    from salmonn_pl.generation.decoder import Decoder
+
+    if not isinstance(value, Mapping) or not isinstance(value.get("class_path"), str):
+        return
+    module, _, name = value["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None) if module else None
+    if isinstance(cls, type) and issubclass(cls, Decoder):
+        try:
+            cls(**(value.get("init_args") or {}))
+        except TypeError:  # an argument still unset (a config template): nothing to check
+            pass
 
 
 def exit_on_setting_error(model: Namespace | Mapping | None) -> None:

@@ -16,27 +16,26 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.eval.fingerprint import check_run, weight_digests
 from salmonn_pl.eval.judge_rule import Judge, RuleJudge
 from salmonn_pl.eval.predictions import has_predictions
 from salmonn_pl.eval.run_lock import OutputDirLock
-from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
-from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, diverse_beam_generate
+from salmonn_pl.generation.decoder import Decoder, DecodeInputs, Generate
 from salmonn_pl.generation.format_forcing import FormatForcingSettings, format_forcing_processor
-from salmonn_pl.generation.nonfinite import NonFiniteLogits
-from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
-from salmonn_pl.model.salmonn import AudioTokens, CarriedAudioTokens, PaddingSide, Salmonn, SalmonnConfig
+from salmonn_pl.model import audio_encoding
+from salmonn_pl.model.audio_encoding import CarriedAudioTokens
+from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import at_least, require
 from salmonn_pl.training.checkpointing import (
     check_trainable_state,
@@ -66,7 +65,7 @@ NOT_ANSWER_SETTINGS = ("output_dir", "run_name", "judge", "objectives", "optim",
 # Data settings that change no answer (batch_size neither under left padding, which is batch-invariant).
 NOT_ANSWER_DATA = ("num_workers", "on_error")
 # Module attributes holding an argument's resolved value (None defaults filled in).
-_RESOLVED = {"model": "model_config", "logits_processors": "processor_settings"}
+_RESOLVED = {"model": "model_config", "logits_processors": "processor_settings", "decoder": "decoder_config"}
 
 
 class QuestionFailed(RuntimeError):
@@ -83,10 +82,7 @@ class SalmonnModule(L.LightningModule):
         model: SalmonnConfig,
         generation: GenerationSettings | None = None,
         logits_processors: LogitsProcessorSettings | None = None,
-        decoding: Literal["generate", "diverse_beam", "contrastive", "option_scoring"] = "generate",
-        diverse_beam: DiverseBeamSettings | None = None,
-        contrastive: ContrastiveSettings | None = None,
-        option_scoring: OptionScoringSettings | None = None,
+        decoder: Decoder | None = None,
         format_forcing: FormatForcingSettings | None = None,
         padding_side: PaddingSide = "left",
         ablation: Ablation = "none",
@@ -103,12 +99,10 @@ class SalmonnModule(L.LightningModule):
             model: the SALMONN files and architecture options.
             generation: decoding settings (defaults = the official decode config).
             logits_processors: transformers logits processors applied while decoding.
-            decoding: how answers are produced: plain ``generate``, ``diverse_beam`` (similarity
-                penalty between beams), ``contrastive`` (audio-contrastive decoding), or
-                ``option_scoring`` (rank the options by likelihood; no free generation).
-            diverse_beam: settings of the diverse-beam similarity penalty.
-            contrastive: settings of audio-contrastive decoding.
-            option_scoring: settings of option scoring (calibration, permutation debiasing).
+            decoder: how answers are produced, with its settings (:mod:`salmonn_pl.generation.decoder`):
+                ``Generate`` (default, the official decoding), ``DiverseBeam`` (similarity penalty between
+                beams), ``Contrastive`` (audio-contrastive decoding), or ``OptionScoring`` (rank the options
+                by likelihood; no free generation).
             format_forcing: force answers to start with one of the option labels.
             padding_side: "left" (batch-invariant, default) or "right" (the official layout).
             ablation: encoder ablation applied to every question of the run.
@@ -128,10 +122,9 @@ class SalmonnModule(L.LightningModule):
         self.model_config = model
         self.generation = generation or GenerationSettings()
         self.processor_settings = logits_processors or LogitsProcessorSettings()
-        self.decoding = decoding
-        self.diverse_beam = diverse_beam or DiverseBeamSettings()
-        self.contrastive = contrastive or ContrastiveSettings()
-        self.option_scoring = option_scoring or OptionScoringSettings()
+        self.decoder = decoder or Generate()
+        if isinstance(self.hparams.get("decoder"), Decoder):  # built in Python: keep hyperparameters plain
+            self.hparams["decoder"] = self.decoder.config()
         self.format_forcing = format_forcing
         self.padding_side = padding_side
         self.ablation = ablation
@@ -162,28 +155,29 @@ class SalmonnModule(L.LightningModule):
         return super().train(mode)
 
     def row_ablations(self, batch: dict, ablation: Ablation | None = None) -> list[str]:
-        """Each row's ablation: the variant's own (``meta["ablation"]``), else the run's."""
+        """Each row's ablation: the variant's own (``meta["variant_params"]["ablation"]``), else the run's."""
         default = ablation or self.ablation
         metas = batch.get("meta") or [{}] * len(batch["prompt"])
-        return [m.get("ablation", "none") if m.get("ablation", "none") != "none" else default for m in metas]
+        own = [(m.get("variant_params") or {}).get("ablation", "none") for m in metas]
+        return [name if name != "none" else default for name in own]
 
     def encode(self, batch: dict, ablation: Ablation | None = None) -> AudioTokens:
         """Audio tokens for every row: a tensor, a list of per-row tensors (long audio, text-only rows
         among others), or ``None`` when every row is text-only.
 
         Evaluating, every distinct audio of the batch (``meta["audio_key"]``) is encoded once, by the
-        encoders its rows' ablations keep (:meth:`Salmonn.encode_audio_shared`), and an audio already
+        encoders its rows' ablations keep (:func:`~salmonn_pl.model.audio_encoding.encode_audio_shared`), and an audio already
         encoded for the previous batch (a clip whose questions straddle the two) is not encoded again;
         the tokens are those of encoding row by row. Training encodes row by row, so that every row
         draws its own Q-Former dropout.
         """
         ablations = self.row_ablations(batch, ablation)
-        audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
+        audio = AudioBatch.of(batch)
         if self.training:
-            return self.salmonn.encode_audio_per_ablation(*audio, ablations)
+            return audio_encoding.encode_audio_per_ablation(self.salmonn, audio, ablations)
         metas = batch.get("meta") or [{}] * len(ablations)
         keys = [meta.get("audio_key") for meta in metas]
-        return self.salmonn.encode_audio_shared(*audio, ablations, keys, carry=self.carried_audio)
+        return audio_encoding.encode_audio_shared(self.salmonn, audio, ablations, keys, carry=self.carried_audio)
 
     # -- fit -----------------------------------------------------------------------------------
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
@@ -307,32 +301,20 @@ class SalmonnModule(L.LightningModule):
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
         questions = questions_of(batch)
-        if self.decoding == "option_scoring":
-            scores = score_options(m, batch["prompt"], questions, audio, self.option_scoring, side, ids=batch["id"])
-            return [{"response": s.choice, "option_scores": s.to_record(), **({"error": s.error} if s.error else {})}
-                    for s in scores]
-        nonfinite = NonFiniteLogits(len(batch["prompt"]))
-        processors = [nonfinite, *build_logits_processors(
-            self.processor_settings, m.tokenizer, batch["prompt"], self.generation.num_beams, self.device
-        )]
-        if self.format_forcing is not None:
-            processors.append(format_forcing_processor(m.tokenizer, questions, self.format_forcing))
-        if self.decoding == "contrastive":
-            result = contrastive_generate(m, batch["prompt"], audio, self.generation, self.contrastive, side, processors)
-        elif self.decoding == "diverse_beam":
-            result = diverse_beam_generate(m, batch["prompt"], audio, self.generation, self.diverse_beam, side, processors)
-        else:
-            result = m.generate(batch["prompt"], audio, self.generation, side, processors)
-        n = self.generation.num_return_sequences
-        texts = [m.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in result.sequences]
-        # With several returned sequences the best one answers; the others are kept for inspection.
-        answers = [
-            {"response": texts[i * n], **({"alternatives": texts[i * n + 1 : (i + 1) * n]} if n > 1 else {})}
-            for i in range(len(batch["prompt"]))
-        ]
-        for i in nonfinite.items:
-            answers[i]["error"] = "non-finite logits (NaN or inf) while decoding: the model's output is not a number"
-        return answers
+        processors = []
+        if self.decoder.generates_text:
+            processors = build_logits_processors(
+                self.processor_settings, m.tokenizer, batch["prompt"], self.generation.num_beams, self.device
+            )
+            if self.format_forcing is not None:
+                processors.append(format_forcing_processor(m.tokenizer, questions, self.format_forcing))
+        inputs = DecodeInputs(batch["prompt"], questions, audio, batch["id"], side, self.generation, processors)
+        return self.decoder.answer(m, inputs)
+
+    @property
+    def decoder_config(self) -> dict:
+        """The decoder as ``{"class_path", "init_args"}`` (run fingerprints hold no objects)."""
+        return self.decoder.config()
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         answers = self.answer(batch)

@@ -111,12 +111,13 @@ def test_salmonn_from_modules_equals_the_model_loaded_from_files(tiny_salmonn, t
     wav = 0.1 * torch.randn(2, 16000 * 3, dtype=torch.float64)
     lengths = torch.tensor([16000 * 3, 16000 * 2])
     wav[1, 16000 * 2 :] = 0
-    from salmonn_pl.data.features import whisper_log_mel
+    from salmonn_pl.audio.features import whisper_log_mel
+    from salmonn_pl.data.collate import AudioBatch
 
     spectrogram = whisper_log_mel(wav, lengths)
     with torch.no_grad():
-        expected = m.encode_audio(spectrogram, wav, None, lengths)["audio_tokens"]
-        got = rebuilt.encode_audio(spectrogram, wav, None, lengths)["audio_tokens"]
+        expected = m.encode_audio(AudioBatch(spectrogram, wav, None, lengths))["audio_tokens"]
+        got = rebuilt.encode_audio(AudioBatch(spectrogram, wav, None, lengths))["audio_tokens"]
     assert torch.equal(got, expected)
     assert [p.requires_grad for p in rebuilt.connector.parameters()] == [
         p.requires_grad for p in m.connector.parameters()

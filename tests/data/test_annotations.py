@@ -23,13 +23,11 @@ from salmonn_pl.data.annotations import (
     EpochSampler,
     build_mc_items,
     load_prompts,
-    parse_answer,
-    parse_question,
     read_annotations,
-    shuffle_options,
     write_annotations,
 )
-from salmonn_pl.data.audio import prepare_official
+from salmonn_pl.data.multiple_choice import parse_answer, parse_question, shuffle_options
+from salmonn_pl.audio.load import prepare_official
 
 TRACKS = ("Animal", "Emotion", "Gender", "Language")
 needs_sakura_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA mini set at {SAKURA_MINI}")

@@ -6,7 +6,7 @@ import torch
 from tests.helpers.golden import Golden, assert_close
 from torch.utils.data import DataLoader
 
-from salmonn_pl.data.audio import load_audio
+from salmonn_pl.audio.load import load_audio
 from salmonn_pl.data.collate import SpeechCollator
 
 

@@ -1,5 +1,6 @@
 """SakuraDataModule: question x variant examples, YAML configuration, skip policy, throughput."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from tests.helpers.golden import SAKURA_MINI
 from jsonargparse import ArgumentParser
 
-from salmonn_pl.data.audio import AudioError, load_audio
+from salmonn_pl.audio.load import AudioError, load_audio
 from salmonn_pl.data.datamodule import DEFAULT_PROMPT_TEMPLATE, SakuraDataModule
 from salmonn_pl.data.sakura import SakuraDataError
 from salmonn_pl.data.variants import Variant
@@ -48,7 +49,7 @@ def test_every_question_under_every_variant():
                 assert prompt == DEFAULT_PROMPT_TEMPLATE.replace("{question}", question.instruction)
                 np.testing.assert_array_equal(wav[: len(original)], original[:480_000])
             else:
-                assert meta["pad_fill"] == "noise" and meta["strip_options"]
+                assert meta["variant_params"]["pad_fill"] == "noise" and meta["variant_params"]["strip_options"]
                 assert "(a)" not in prompt and prompt.count("<SpeechHere>") == 1
                 assert length == max(15 * 16_000, len(original))
                 start = round(meta["clip_start_s"] * 16_000)
@@ -99,10 +100,14 @@ data:
     examples = [dm.dataset[i] for i in range(len(dm.dataset))]
     assert {e["meta"]["variant"] for e in examples} == set(names)
     text_only = next(e for e in examples if e["meta"]["variant"] == "text_only")
-    assert text_only["meta"]["ablation"] == "zero_audio"
+    assert text_only["meta"]["variant_params"]["ablation"] == "zero_audio"
+    # Every setting of the variant travels as one value, none of them flat in the meta.
+    settings = {field.name for field in dataclasses.fields(Variant)} - {"name"}
+    assert set(text_only["meta"]["variant_params"]) == settings and not settings & set(text_only["meta"])
     for e in examples:
-        if e["meta"]["pad_seconds"] is not None and not e["meta"]["longer_than_target"]:
-            assert len(e["audio"]) == e["meta"]["pad_seconds"] * 16_000
+        seconds = e["meta"]["variant_params"]["pad_seconds"]
+        if seconds is not None and not e["meta"]["longer_than_target"]:
+            assert len(e["audio"]) == seconds * 16_000
 
 
 def _release_with_bad_clips(root: Path) -> None:
@@ -180,6 +185,17 @@ def test_long_audio_recipe_serves_six_long_variants_to_a_model_that_hears_them(t
     ]
     assert cli.model.model_config.max_audio_seconds == 120
     assert dm.collator.max_samples == 120 * 16_000
+
+
+def test_the_data_keeps_the_audio_the_model_encodes(tmp_path: Path):
+    """``max_audio_seconds`` is set once, in the model; the data module follows it (a data value is replaced)."""
+    from salmonn_pl.cli import build_cli
+
+    overrides = ["--trainer.accelerator", "cpu", "--trainer.logger", "false", "--model.output_dir", str(tmp_path)]
+    cli = build_cli(["--config", str(REPO_ROOT / "configs/long_audio.yaml"), *overrides,
+                     "--model.model.max_audio_seconds", "60", "--data.max_audio_seconds", "30"], run=False)
+    assert cli.model.model_config.max_audio_seconds == cli.datamodule.max_audio_seconds == 60
+    assert cli.datamodule.collator.max_samples == 60 * 16_000
 
 
 @needs_mini

@@ -14,11 +14,13 @@ import pytest
 import torch
 from tests.helpers.golden import SAKURA_MINI
 
-from salmonn_pl.data.audio import load_audio
+from salmonn_pl.audio.load import load_audio
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.datamodule import SakuraDataModule
 from salmonn_pl.data.long_audio import Clip, build_long_audio, distractor_candidates, sakura_clip_pool
 from salmonn_pl.data.sakura import TRACKS, read_sakura
 from salmonn_pl.data.variants import Variant
+from salmonn_pl.generation.generate import generate
 
 SR = 16000
 needs_mini = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"no SAKURA mini set at {SAKURA_MINI}")
@@ -197,7 +199,7 @@ def test_sixty_second_middle_example_holds_the_clip_at_the_recorded_offset():
         assert round(meta["target_end_s"] * SR) == start + len(clip) == start + meta["num_samples"]
         np.testing.assert_array_equal(wav[start : start + len(clip)], clip)
         assert not wav[start - 1600 : start].any() and not wav[start + len(clip) : start + len(clip) + 1600].any()
-        assert (meta["long_audio_seconds"], meta["long_audio_position"]) == (60, "middle")
+        assert (meta["variant_params"]["long_audio_seconds"], meta["variant_params"]["long_audio_position"]) == (60, "middle")
         assert not meta["target_within_first_30s"] and not meta["longer_than_target"]
 
         distractors = meta["distractor_ids"]
@@ -235,7 +237,7 @@ def test_distractor_source_restricts_tracks():
     assert [v.name for v in dm.variants] == ["long30s-early-same_track", "long30s-early-other_tracks"]
     for example in examples:
         tracks = {i.split("/")[0] for i in example["meta"]["distractor_ids"]}
-        if example["meta"]["long_audio_distractors"] == "same_track":
+        if example["meta"]["variant_params"]["long_audio_distractors"] == "same_track":
             assert tracks == {"Emotion"}
         else:
             assert tracks and "Emotion" not in tracks
@@ -258,13 +260,11 @@ def test_tiny_model_encodes_long_examples_as_thirty_second_chunks(tiny_config):
     batch = next(iter(dm.test_dataloader()))
     assert batch["wav_lengths"].tolist() == [60 * SR, 120 * SR]
     with torch.no_grad():
-        encoded = model.encode_audio(
-            batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"]
-        )
+        encoded = model.encode_audio(AudioBatch.of(batch))
         per_chunk = model.connector.tokens_for_frames()
         assert encoded["chunks_per_clip"].tolist() == [2, 4]
         assert [tokens.shape[0] for tokens in encoded["audio_tokens"]] == [2 * per_chunk, 4 * per_chunk]
         assert all(torch.isfinite(tokens).all() for tokens in encoded["audio_tokens"])
         settings = GenerationSettings(max_new_tokens=3, num_beams=1)
-        result = model.generate(batch["prompt"], encoded["audio_tokens"], settings)
+        result = generate(model, batch["prompt"], encoded["audio_tokens"], settings)
     assert len(result.sequences) == 2

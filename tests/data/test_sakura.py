@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from tests.helpers.golden import SAKURA_MINI
 
-from salmonn_pl.data.audio import load_audio
+from salmonn_pl.audio.load import load_audio
 from salmonn_pl.data.sakura import (
     COLUMNS,
     HOPS,

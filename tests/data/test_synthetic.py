@@ -14,7 +14,8 @@ import torch
 from tests.helpers.golden import SAKURA_MINI
 
 from salmonn_pl.data.annotation_datamodule import AnnotationDataModule
-from salmonn_pl.data.annotations import parse_answer, parse_question, read_annotations
+from salmonn_pl.data.annotations import read_annotations
+from salmonn_pl.data.multiple_choice import parse_answer, parse_question
 from salmonn_pl.data.synthetic import (
     CLASS_NAMES,
     HOPS,

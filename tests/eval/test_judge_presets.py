@@ -102,7 +102,7 @@ def test_rejudge_takes_each_preset(preset, server, tmp_path):
 
 def test_a_file_that_is_no_judge_preset_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  decoding: generate\n")
+    bad.write_text("model:\n  decoder: Generate\n")
     with pytest.raises(ValueError, match="bad.yaml: expected model.judge.class_path"):
         expand_judge_config(["rejudge", "--judge_config", str(bad)])
     with pytest.raises(FileNotFoundError, match="missing.yaml"):

@@ -5,7 +5,8 @@ import csv
 import pytest
 from tests.helpers.golden import SAKURA_MINI
 
-from salmonn_pl.eval.judge_rule import RuleJudge, answer_letter, parse_options, word_roots
+from salmonn_pl.data.multiple_choice import parse_options
+from salmonn_pl.eval.judge_rule import RuleJudge, answer_letter, word_roots
 
 # Questions and golden answers as they appear in the SAKURA release.
 EMOTION = "What emotion is the speaker expressing in the audio? (a) happy (b) sad (c) angry (d) fear"

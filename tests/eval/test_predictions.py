@@ -131,7 +131,7 @@ def test_make_record_from_example_meta():
         "track": "Emotion", "hop": "single", "file": "x.wav", "label": "angry", "answer": " (c) angry",
         "instruction": "How does the speaker feel? (a) happy (b) sad (c) angry (d) fear",
         "question": "How does the speaker feel?", "variant": "pad30s-zero-late-no_options",
-        "pad_seconds": 30.0, "pad_position": "late", "strip_options": True, "ablation": "none",
+        "variant_params": {"pad_seconds": 30.0, "pad_position": "late", "strip_options": True, "ablation": "none"},
         "longer_than_target": False,
     }
     record = make_record("Emotion/single/x.wav", meta, "angry")

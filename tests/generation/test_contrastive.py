@@ -10,6 +10,7 @@ from tests.helpers.noise_audio import noise_audio_tokens
 from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import embed_tokens
+from salmonn_pl.generation.generate import generate
 
 TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 QUESTIONS = [
@@ -46,7 +47,7 @@ def _contrastive_logits(salmonn, prompt, audio, tokens, beta: float, plausibilit
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_beta_zero_is_plain_decoding(tiny_salmonn, audio, num_beams: int):
     settings = GenerationSettings(max_new_tokens=8, num_beams=num_beams)
-    plain = tiny_salmonn.generate(PROMPTS, audio, settings)
+    plain = generate(tiny_salmonn, PROMPTS, audio, settings)
     # Greedy keeps its argmax under any plausibility cut-off; beam search compares every candidate.
     plausibility = 0.1 if num_beams == 1 else 0.0
     contrastive = contrastive_generate(tiny_salmonn, PROMPTS, audio, settings, ContrastiveSettings(0.0, plausibility))
@@ -58,7 +59,7 @@ def test_greedy_picks_the_best_plausible_contrastive_token(tiny_salmonn, audio):
     settings = GenerationSettings(max_new_tokens=8, num_beams=1)
     cd = ContrastiveSettings(beta=1.0, plausibility=0.1)
     out = contrastive_generate(tiny_salmonn, PROMPTS, audio, settings, cd)
-    plain = tiny_salmonn.generate(PROMPTS, audio, settings)
+    plain = generate(tiny_salmonn, PROMPTS, audio, settings)
     assert out.sequences != plain.sequences  # the contrast changes the answers
     for i, tokens in enumerate(out.sequences):
         expected = _contrastive_logits(tiny_salmonn, PROMPTS[i], audio[i : i + 1], tokens, cd.beta, cd.plausibility)
@@ -98,7 +99,7 @@ def test_negative_audio_tokens_replace_the_audio_free_prompt(tiny_salmonn, audio
     cd = ContrastiveSettings(beta=1.0, plausibility=0.1)
     # Contrasting the audio with itself removes nothing: plain greedy decoding.
     same = contrastive_generate(tiny_salmonn, PROMPTS, audio, settings, cd, negative_audio_tokens=audio)
-    assert same.sequences == tiny_salmonn.generate(PROMPTS, audio, settings).sequences
+    assert same.sequences == generate(tiny_salmonn, PROMPTS, audio, settings).sequences
 
 
 def test_bad_settings(tiny_salmonn, audio):

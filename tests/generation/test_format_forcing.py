@@ -13,6 +13,7 @@ from salmonn_pl.generation.format_forcing import (
     format_forcing_processor,
     option_prefixes,
 )
+from salmonn_pl.generation.generate import generate
 
 TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 QUESTIONS = [
@@ -67,13 +68,13 @@ def test_forced_answers_start_with_a_valid_label(tiny_salmonn, num_beams: int):
     audio = _audio_tokens(tiny_salmonn, len(prompts))
     settings = GenerationSettings(max_new_tokens=6, num_beams=num_beams)
 
-    free = tiny_salmonn.generate(prompts, audio, settings)
+    free = generate(tiny_salmonn, prompts, audio, settings)
     free_answers = [tokenizer.decode(s, skip_special_tokens=True).strip() for s in free.sequences]
     assert any(_label(a) is None for a in free_answers)  # the tiny model does not answer with labels by itself
 
     for force in ("label", "label_text"):
         processor = format_forcing_processor(tokenizer, questions, FormatForcingSettings(force=force))
-        forced = tiny_salmonn.generate(prompts, audio, settings, logits_processors=[processor])
+        forced = generate(tiny_salmonn, prompts, audio, settings, logits_processors=[processor])
         for question, sequence in zip(questions, forced.sequences):
             starts = option_prefixes(tokenizer, question, force)
             assert any(sequence[: len(p)] == p for p in starts), tokenizer.decode(sequence)
@@ -91,8 +92,8 @@ def test_questions_without_options_are_left_free(tiny_salmonn):
     prompts = [TEMPLATE.format(q) for q in questions]
     audio = _audio_tokens(tiny_salmonn, 2)
     settings = GenerationSettings(max_new_tokens=5, num_beams=1)
-    free = tiny_salmonn.generate(prompts, audio, settings)
-    forced = tiny_salmonn.generate(prompts, audio, settings,
+    free = generate(tiny_salmonn, prompts, audio, settings)
+    forced = generate(tiny_salmonn, prompts, audio, settings,
                                    logits_processors=[format_forcing_processor(tokenizer, questions)])
     assert forced.sequences[0] == free.sequences[0]
     assert _label(tokenizer.decode(forced.sequences[1], skip_special_tokens=True).strip()) is not None

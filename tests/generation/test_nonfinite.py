@@ -10,6 +10,7 @@ from tests.helpers.noise_audio import noise_audio_tokens
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.nonfinite import NonFiniteLogits
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
+from salmonn_pl.generation.generate import generate
 
 TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
 QUESTIONS = [
@@ -50,9 +51,9 @@ def test_nan_option_scores_are_an_error_not_a_choice(tiny_salmonn, calibration):
 def test_nan_logits_while_decoding_name_the_question(tiny_salmonn, num_beams):
     prompts = [TEMPLATE.format(q) for q in QUESTIONS]
     settings = GenerationSettings(num_beams=num_beams, max_new_tokens=5)
-    clean = tiny_salmonn.generate(prompts, noise_audio_tokens(tiny_salmonn, 3, seed=1), settings)
+    clean = generate(tiny_salmonn, prompts, noise_audio_tokens(tiny_salmonn, 3, seed=1), settings)
     detector = NonFiniteLogits(len(prompts))
-    result = tiny_salmonn.generate(prompts, _audio_with_nan_row(tiny_salmonn, 2), settings, logits_processors=[detector])
+    result = generate(tiny_salmonn, prompts, _audio_with_nan_row(tiny_salmonn, 2), settings, logits_processors=[detector])
 
     assert detector.items == [2]
     # Zeroing the broken row keeps the other rows' decoding untouched.
@@ -64,8 +65,8 @@ def test_finite_logits_are_left_alone(tiny_salmonn):
     settings = GenerationSettings(num_beams=2, max_new_tokens=5)
     audio = noise_audio_tokens(tiny_salmonn, 3, seed=1)
     detector = NonFiniteLogits(len(prompts))
-    assert tiny_salmonn.generate(prompts, audio, settings, logits_processors=[detector]).sequences == \
-        tiny_salmonn.generate(prompts, audio, settings).sequences
+    assert generate(tiny_salmonn, prompts, audio, settings, logits_processors=[detector]).sequences == \
+        generate(tiny_salmonn, prompts, audio, settings).sequences
     assert detector.items == []
 
 

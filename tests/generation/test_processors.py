@@ -9,12 +9,13 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.processors import (
     LogitsProcessorSettings,
     build_logits_processors,
 )
+from salmonn_pl.generation.generate import generate
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) low tone (b) white noise\nASSISTANT:"
 
@@ -23,7 +24,7 @@ def _audio(model):
     rng = np.random.default_rng(0)
     batch = SpeechCollator()([{"id": "0", "audio": 0.1 * rng.standard_normal(32000), "prompt": PROMPT, "text": "", "meta": {}}])
     with torch.no_grad():
-        return model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        return model.encode_audio(AudioBatch.of(batch))["audio_tokens"]
 
 
 def test_every_configured_processor_is_built(tiny_salmonn):
@@ -47,7 +48,7 @@ def test_sequence_bias_steers_the_answer(tiny_salmonn):
 
     def answer(bias: dict[str, float]) -> list[int]:
         processors = build_logits_processors(LogitsProcessorSettings(sequence_bias=bias), tok, [PROMPT])
-        return tiny_salmonn.generate([PROMPT], audio, settings, logits_processors=processors).sequences[0]
+        return generate(tiny_salmonn, [PROMPT], audio, settings, logits_processors=processors).sequences[0]
 
     i_cannot = tok.encode("I cannot")
     assert answer({"I": 100.0, "I cannot": 200.0})[: len(i_cannot)] == i_cannot  # a phrase pushed up

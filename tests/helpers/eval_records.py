@@ -69,7 +69,7 @@ def synthetic_examples(n_clips: int = 4, variants: dict | None = None, seed: int
                     meta = {
                         "track": track, "hop": hop, "file": f"clip{clip}.wav", "label": options[golden],
                         "answer": f"({letters[golden]}) {options[golden]}", "instruction": question, "question": question,
-                        **params, "variant": variant, "longer_than_target": False,
+                        "variant_params": dict(params), "variant": variant, "longer_than_target": False,
                     }
                     examples.append((f"{track}/{hop}/clip{clip}.wav", meta, response))
     return examples

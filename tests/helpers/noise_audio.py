@@ -4,7 +4,7 @@ other test directories must not resolve it to a different conftest)."""
 import numpy as np
 import torch
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 
 
 def noise_audio_tokens(salmonn, n: int, seed: int) -> torch.Tensor:
@@ -16,4 +16,4 @@ def noise_audio_tokens(salmonn, n: int, seed: int) -> torch.Tensor:
     ]
     batch = SpeechCollator()(examples)
     with torch.no_grad():
-        return salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        return salmonn.encode_audio(AudioBatch.of(batch))["audio_tokens"]

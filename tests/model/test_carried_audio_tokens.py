@@ -5,9 +5,9 @@ import numpy as np
 import torch
 from tests.helpers.encoder_counts import count_encoder_rows
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
-from salmonn_pl.model.salmonn import CarriedAudioTokens
+from salmonn_pl.model.audio_encoding import CarriedAudioTokens, encode_audio_per_ablation, encode_audio_shared
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 ATOL = 1e-6  # differently composed encoder batches may round differently (fp32)
@@ -22,7 +22,7 @@ def _clips() -> dict[str, np.ndarray]:
 def _batch(rows: list[tuple[str, str]], clips: dict[str, np.ndarray]) -> dict:
     examples = [
         {"id": f"{key}/{i}", "audio": clips[key], "prompt": PROMPT, "text": "(a) tone",
-         "meta": {"ablation": ablation, "audio_key": key}}
+         "meta": {"variant_params": {"ablation": ablation}, "audio_key": key}}
         for i, (key, ablation) in enumerate(rows)
     ]
     return SpeechCollator()(examples)
@@ -31,18 +31,16 @@ def _batch(rows: list[tuple[str, str]], clips: dict[str, np.ndarray]) -> dict:
 def _encode(model, batch: dict, carry: CarriedAudioTokens | None):
     """Tokens of the shared path (with ``carry``) and of the row-by-row reference path."""
     shared = _encode_shared(model, batch, carry)
-    audio = (batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
     with torch.no_grad():
-        reference = model.encode_audio_per_ablation(*audio, [m["ablation"] for m in batch["meta"]])
+        reference = encode_audio_per_ablation(model, AudioBatch.of(batch), [m["variant_params"]["ablation"] for m in batch["meta"]])
     return shared, reference
 
 
 def _encode_shared(model, batch: dict, carry: CarriedAudioTokens | None):
-    ablations = [m["ablation"] for m in batch["meta"]]
+    ablations = [m["variant_params"]["ablation"] for m in batch["meta"]]
     keys = [m["audio_key"] for m in batch["meta"]]
-    audio = (batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
     with torch.no_grad():
-        return model.encode_audio_shared(*audio, ablations, keys, carry=carry)
+        return encode_audio_shared(model, AudioBatch.of(batch), ablations, keys, carry=carry)
 
 
 def _assert_close(shared, reference) -> None:

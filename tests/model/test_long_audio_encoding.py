@@ -5,7 +5,8 @@ import copy
 import numpy as np
 import torch
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
+from salmonn_pl.generation.generate import generate
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 
@@ -19,7 +20,7 @@ def _batch(seconds: list[float], seed: int = 0) -> dict:
 def test_chunked_path_equals_30s_path_under_30s(tiny_salmonn):
     batch = _batch([3.0, 12.5, 29.0])
     with torch.no_grad():
-        plain = tiny_salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        plain = tiny_salmonn.encode_audio(AudioBatch.of(batch))
         chunked = tiny_salmonn.encode_long_audio(batch["raw_wav"], batch["wav_lengths"])
     assert chunked["chunks_per_clip"].tolist() == [1, 1, 1]
     for i, tokens in enumerate(chunked["audio_tokens"]):
@@ -38,9 +39,9 @@ def test_long_clip_gets_one_token_block_per_chunk(tiny_salmonn):
         {"id": "short", "audio": short, "prompt": PROMPT, "text": "", "meta": {}},
     ])
     with torch.no_grad():
-        out = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        out = model.encode_audio(AudioBatch.of(batch))
         tail = collate([{"id": "tail", "audio": long[60 * 16000 :], "prompt": PROMPT, "text": "", "meta": {}}])
-        tail_tokens = model.encode_audio(tail["spectrogram"], tail["raw_wav"], tail["padding_mask"], tail["wav_lengths"])["audio_tokens"][0]
+        tail_tokens = model.encode_audio(AudioBatch.of(tail))["audio_tokens"][0]
     per_chunk = model.connector.tokens_for_frames()
     assert [t.shape[0] for t in out["audio_tokens"]] == [3 * per_chunk, per_chunk]
     # The third chunk of the long clip is encoded exactly like that 10 s tail on its own.
@@ -48,7 +49,7 @@ def test_long_clip_gets_one_token_block_per_chunk(tiny_salmonn):
 
     inputs = model.assemble(batch["prompt"], out["audio_tokens"])
     assert inputs.audio_mask.sum(1).tolist() == [3 * per_chunk, per_chunk]
-    result = model.generate(batch["prompt"], out["audio_tokens"], __import__("salmonn_pl.generation.decode", fromlist=["x"]).GenerationSettings(max_new_tokens=4, num_beams=1))
+    result = generate(model, batch["prompt"], out["audio_tokens"], __import__("salmonn_pl.generation.decode", fromlist=["x"]).GenerationSettings(max_new_tokens=4, num_beams=1))
     assert len(result.sequences) == 2
 
 
@@ -57,5 +58,5 @@ def test_audio_is_capped_at_max_audio_seconds(tiny_salmonn):
     model.config.max_audio_seconds = 60.0
     batch = SpeechCollator(max_seconds=120.0)([{"id": "x", "audio": np.zeros(100 * 16000) + 0.01, "prompt": PROMPT, "text": "", "meta": {}}])
     with torch.no_grad():
-        out = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        out = model.encode_audio(AudioBatch.of(batch))
     assert out["chunks_per_clip"].tolist() == [2]

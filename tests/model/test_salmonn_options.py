@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.model.tiny import tiny_qformer_settings, write_tiny_salmonn
+from salmonn_pl.generation.generate import generate
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
 
@@ -25,8 +26,8 @@ def _batch():
 def _run(model: Salmonn) -> torch.Tensor:
     batch = _batch()
     with torch.no_grad():
-        tokens = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
-        result = model.generate(batch["prompt"], tokens, GenerationSettings(max_new_tokens=3, num_beams=2))
+        tokens = model.encode_audio(AudioBatch.of(batch))["audio_tokens"]
+        result = generate(model, batch["prompt"], tokens, GenerationSettings(max_new_tokens=3, num_beams=2))
         loss = model.lm_loss(model.assemble(batch["prompt"], tokens, batch["text"]))
     assert len(result.sequences) == 2 and torch.isfinite(loss)
     return tokens

@@ -17,11 +17,13 @@ import yaml
 from tests.helpers.golden import FLOAT_ATOL, SAKURA_MINI, Golden, assert_close
 
 from salmonn_pl.cli import build_cli
-from salmonn_pl.data.audio import load_audio
-from salmonn_pl.data.collate import SpeechCollator
-from salmonn_pl.generation.decode import GenerationSettings, generate
+from salmonn_pl.audio.load import load_audio
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
+from salmonn_pl.generation import decode
+from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import set_pad_rows
 from salmonn_pl.model.salmonn import Salmonn
+from salmonn_pl.generation.generate import generate
 
 
 
@@ -97,7 +99,7 @@ def test_single_wav_parity(golden, build):
         assert batch["wav_lengths"].item() == golden[f"wav{i}.num_samples"].item()
         assert_close(batch["spectrogram"], golden[f"wav{i}.input_features"], f"wav{i}.input_features")
         with torch.no_grad():
-            out = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+            out = model.encode_audio(AudioBatch.of(batch))
         assert_close(out["whisper_out"], golden[f"wav{i}.whisper_encoder_out"], f"wav{i}.whisper_encoder_out")
         if golden.has(f"wav{i}.beats_features"):
             assert_close(out["beats_out"], golden[f"wav{i}.beats_features"], f"wav{i}.beats_features")
@@ -116,9 +118,9 @@ def test_single_wav_parity(golden, build):
         assert_close(llm_out.logits[:, -1], golden[f"wav{i}.logits_last"], f"wav{i}.logits_last")
         assert_close(llm_out.hidden_states[-1], golden[f"wav{i}.llm_last_hidden"], f"wav{i}.llm_last_hidden")
 
-        greedy = model.generate([example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=1))
+        greedy = generate(model, [example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=1))
         assert greedy.sequences == [golden[f"wav{i}.gen_greedy_ids"][1:].tolist()], f"wav{i} greedy"
-        beam = model.generate([example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=4))
+        beam = generate(model, [example["prompt"]], out["audio_tokens"], GenerationSettings(max_new_tokens=10, num_beams=4))
         assert beam.sequences == [golden[f"wav{i}.gen_beam4_ids"][1:].tolist()], f"wav{i} beam"
         assert_close(torch.tensor(beam.sequence_scores, dtype=torch.float32), golden[f"wav{i}.gen_beam4_sequence_score"], f"wav{i}.beam score")
 
@@ -135,7 +137,7 @@ def test_official_batch_parity(golden, build):
     batch = SpeechCollator()(_examples(golden))
     assert_close(batch["padding_mask"].sum(1), golden["batch.padding_mask_num_true"], "batch.padding_mask_num_true")
     with torch.no_grad():
-        out = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        out = model.encode_audio(AudioBatch.of(batch))
     if golden.has("batch.beats_features"):
         assert_close(out["beats_out"], golden["batch.beats_features"], "batch.beats_features")
     assert_close(out["qformer_out"], golden["batch.qformer_out"], "batch.qformer_out")
@@ -160,7 +162,7 @@ def test_official_batch_parity(golden, build):
     gen_inputs = model.assemble(prompts, out["audio_tokens"], padding_side="right")
     assert_close(gen_inputs.attention_mask, golden["batch.gen_attention_mask"], "batch.gen_attention_mask")
     settings = GenerationSettings(max_new_tokens=10, num_beams=1, stop_on_first_row_eos=True)
-    result = generate(model.llm, gen_inputs.inputs_embeds, gen_inputs.attention_mask, settings)
+    result = decode.generate(model.llm, gen_inputs.inputs_embeds, gen_inputs.attention_mask, settings)
     expected = golden["batch.gen_greedy_ids"][:, 1:]
     got = torch.zeros_like(expected)  # finished rows continue with the LLaMA generation pad id 0
     for row, seq in enumerate(result.sequences):
@@ -176,7 +178,7 @@ def test_per_clip_batching_equals_single_runs(golden, build):
     examples = _examples(golden)
     batch = SpeechCollator()(examples)
     with torch.no_grad():
-        batched = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
+        batched = model.encode_audio(AudioBatch.of(batch))["audio_tokens"]
     for i in range(len(examples)):
         assert_close(batched[i : i + 1], golden[f"wav{i}.speech_embeds"], f"batched wav{i}.speech_embeds")
     official_gap = golden.variant.get("batch_vs_single_speech_embeds_max_abs_diff", {})

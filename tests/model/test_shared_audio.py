@@ -1,6 +1,6 @@
 """Evaluation encodes each distinct audio of a batch once, and only with the encoders its ablations keep.
 
-The reference is :meth:`Salmonn.encode_audio_per_ablation` (every row through :meth:`encode_audio`
+The reference is :func:`encode_audio_per_ablation` (every row through :meth:`Salmonn.encode_audio`
 with its own ablation, the path of training and of the code before sharing). Every row must get
 the reference's tokens; sharing may only change float rounding where an encoder's batch differs.
 """
@@ -14,9 +14,10 @@ import pytest
 import torch
 from tests.helpers.encoder_counts import count_encoder_rows
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.lit_module import SalmonnModule
-from salmonn_pl.model.salmonn import USES_BEATS, USES_QFORMER, USES_WHISPER, Salmonn, SalmonnConfig
+from salmonn_pl.model.audio_encoding import USES_BEATS, USES_QFORMER, USES_WHISPER, encode_audio_per_ablation, encode_audio_shared
+from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig
 from salmonn_pl.model.tiny import tiny_qformer_settings, write_tiny_salmonn
 
 PROMPT = "USER: <Speech><SpeechHere></Speech> Which sound is it? (a) tone (b) noise\nASSISTANT:"
@@ -52,18 +53,18 @@ def _mixed_examples() -> list[dict]:
             "audio": clips[key or "short"],
             "prompt": PROMPT,
             "text": "(a) tone",
-            "meta": {"ablation": ablation, **({"audio_key": key} if key else {})},
+            "meta": {"variant_params": {"ablation": ablation}, **({"audio_key": key} if key else {})},
         }
         for i, (hop, key, ablation) in enumerate(rows)
     ]
 
 
-def _audio(batch: dict) -> tuple:
-    return batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"]
+def _audio(batch: dict) -> AudioBatch:
+    return AudioBatch.of(batch)
 
 
 def _ablations_and_keys(batch: dict) -> tuple[list[str], list[str | None]]:
-    return [m["ablation"] for m in batch["meta"]], [m.get("audio_key") for m in batch["meta"]]
+    return [m["variant_params"]["ablation"] for m in batch["meta"]], [m.get("audio_key") for m in batch["meta"]]
 
 
 def _rows(tokens) -> list[torch.Tensor]:
@@ -86,10 +87,10 @@ def test_every_row_gets_the_tokens_of_the_unshared_path(tiny_salmonn):
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
-        reference = tiny_salmonn.encode_audio_per_ablation(*_audio(batch), ablations)
-        shared = tiny_salmonn.encode_audio_shared(*_audio(batch), ablations, keys)
+        reference = encode_audio_per_ablation(tiny_salmonn, _audio(batch), ablations)
+        shared = encode_audio_shared(tiny_salmonn, _audio(batch), ablations, keys)
         alone = [
-            tiny_salmonn.encode_audio_per_ablation(*(t[i : i + 1] for t in _audio(batch)), [ablation])
+            encode_audio_per_ablation(tiny_salmonn, _audio(batch).rows(torch.tensor([i])), [ablation])
             for i, ablation in enumerate(ablations)
         ]
     _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
@@ -108,9 +109,9 @@ def test_under_bfloat16_autocast_tokens_keep_their_dtype_and_values(tiny_salmonn
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
-        reference = model.encode_audio_per_ablation(*_audio(batch), ablations)
-        shared = model.encode_audio_shared(*_audio(batch), ablations, keys)
-        zero_audio = model.encode_audio_shared(*_audio(batch), ["zero_audio"] * len(ablations), keys)
+        reference = encode_audio_per_ablation(model, _audio(batch), ablations)
+        shared = encode_audio_shared(model, _audio(batch), ablations, keys)
+        zero_audio = encode_audio_shared(model, _audio(batch), ["zero_audio"] * len(ablations), keys)
     assert zero_audio.dtype == reference[0].dtype == torch.bfloat16
     _assert_rows_match(shared, reference, ablations, atol=2e-2)  # bf16 rounding if the batches round differently
 
@@ -125,8 +126,8 @@ def test_zeroed_encoders_give_exactly_todays_tokens(tiny_salmonn, ablation):
     ]
     batch = SpeechCollator()(examples)
     with torch.no_grad():
-        today = tiny_salmonn.encode_audio(*_audio(batch), ablation=ablation)["audio_tokens"]
-        shared = tiny_salmonn.encode_audio_shared(*_audio(batch), [ablation] * 4, [e["id"] for e in examples])
+        today = tiny_salmonn.encode_audio(_audio(batch), ablation=ablation)["audio_tokens"]
+        shared = encode_audio_shared(tiny_salmonn, _audio(batch), [ablation] * 4, [e["id"] for e in examples])
     assert shared.dtype == today.dtype and torch.equal(shared, today)
 
 
@@ -146,7 +147,7 @@ def test_each_encoder_runs_once_per_distinct_audio(tiny_salmonn, monkeypatch):
     ablations, keys = _ablations_and_keys(batch)
     counters = count_encoder_rows(monkeypatch, model)
     with torch.no_grad():
-        model.encode_audio_shared(*_audio(batch), ablations, keys)
+        encode_audio_shared(model, _audio(batch), ablations, keys)
     pairs = {(audio, ablation) for audio, ablation in zip(_audio_ids(keys), ablations) if ablation in USES_QFORMER}
     expected = {
         "whisper": _distinct_audio(ablations, keys, USES_WHISPER),
@@ -161,7 +162,7 @@ def test_each_encoder_runs_once_per_distinct_audio(tiny_salmonn, monkeypatch):
     for counter in counters.values():
         counter.rows = counter.calls = 0
     with torch.no_grad():
-        model.encode_audio_shared(*_audio(batch), ["zero_audio", "no_audio"] * 9 + ["zero_audio"], keys)
+        encode_audio_shared(model, _audio(batch), ["zero_audio", "no_audio"] * 9 + ["zero_audio"], keys)
     assert all(c.calls == 0 for c in counters.values())
 
 
@@ -179,7 +180,7 @@ def test_beats_output_lengths_are_the_extracted_token_counts(tiny_salmonn):
 def test_the_module_shares_in_evaluation_and_encodes_row_by_row_in_training(tiny_config, tiny_salmonn, monkeypatch):
     module = SalmonnModule(tiny_config)
     module.salmonn = tiny_salmonn
-    examples = [e for e in _mixed_examples() if e["meta"]["ablation"] == "none"]
+    examples = [e for e in _mixed_examples() if e["meta"]["variant_params"]["ablation"] == "none"]
     batch = SpeechCollator()(examples)
     ablations, keys = _ablations_and_keys(batch)
     counters = count_encoder_rows(monkeypatch, tiny_salmonn)
@@ -187,7 +188,7 @@ def test_the_module_shares_in_evaluation_and_encodes_row_by_row_in_training(tiny
     with torch.no_grad():
         shared = module.encode(batch)
     assert counters["whisper"].rows == _distinct_audio(ablations, keys, USES_WHISPER) < len(examples)
-    reference = tiny_salmonn.encode_audio_per_ablation(*_audio(batch), ablations)
+    reference = encode_audio_per_ablation(tiny_salmonn, _audio(batch), ablations)
     _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
 
     # Training: every row its own Q-Former pass, so two rows of the same audio draw different dropout.
@@ -208,8 +209,8 @@ def test_official_beats_batching_shares_nothing(tiny_salmonn):
     batch = SpeechCollator()(_mixed_examples())
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
-        reference = model.encode_audio_per_ablation(*_audio(batch), ablations)
-        shared = model.encode_audio_shared(*_audio(batch), ablations, keys)
+        reference = encode_audio_per_ablation(model, _audio(batch), ablations)
+        shared = encode_audio_shared(model, _audio(batch), ablations, keys)
     # Same path, same batches: bit for bit (the official features depend on the batch's padding).
     for got, want in zip(_rows(shared), _rows(reference)):
         assert torch.equal(got, want)
@@ -235,9 +236,9 @@ def test_long_audio_rows_share_their_chunks(tiny_salmonn, monkeypatch):
     ])
     ablations, keys = [r[2] for r in rows], [r[0] for r in rows]
     with torch.no_grad():
-        reference = model.encode_audio_per_ablation(*_audio(batch), ablations)
+        reference = encode_audio_per_ablation(model, _audio(batch), ablations)
         counters = count_encoder_rows(monkeypatch, model)
-        shared = model.encode_audio_shared(*_audio(batch), ablations, keys)
+        shared = encode_audio_shared(model, _audio(batch), ablations, keys)
     per_chunk = model.connector.tokens_for_frames()
     assert [t.size(0) for t in shared] == [3 * per_chunk] * 3 + [per_chunk, 3 * per_chunk, per_chunk, 0]
     _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
@@ -254,9 +255,9 @@ def test_whisper_only_model_shares_too(tmp_path):
     ablations, keys = _ablations_and_keys(batch)
     with torch.no_grad():
         for raw in (batch["raw_wav"], None):  # a Whisper-only batch needs no waveform
-            audio = (batch["spectrogram"], raw, batch["padding_mask"], batch["wav_lengths"])
-            reference = model.encode_audio_per_ablation(*audio, ablations)
-            shared = model.encode_audio_shared(*audio, ablations, keys)
+            audio = AudioBatch(batch["spectrogram"], raw, batch["padding_mask"], batch["wav_lengths"])
+            reference = encode_audio_per_ablation(model, audio, ablations)
+            shared = encode_audio_shared(model, audio, ablations, keys)
             _assert_rows_match(shared, reference, ablations, SHARING_ATOL)
 
 
@@ -266,13 +267,13 @@ def test_a_key_shared_by_different_audio_is_an_error(tiny_salmonn):
         {"id": name, "audio": clips[name], "prompt": PROMPT, "text": "", "meta": {}} for name in ("clip", "other")
     ])
     with pytest.raises(ValueError, match="rows 0 and 1 share meta audio_key 'same'"):
-        tiny_salmonn.encode_audio_shared(*_audio(batch), ["none", "none"], ["same", "same"])
+        encode_audio_shared(tiny_salmonn, _audio(batch), ["none", "none"], ["same", "same"])
     with pytest.raises(ValueError, match="2 spectrogram rows, 1 ablations and 2 audio_keys"):
-        tiny_salmonn.encode_audio_shared(*_audio(batch), ["none"], ["a", "b"])
+        encode_audio_shared(tiny_salmonn, _audio(batch), ["none"], ["a", "b"])
 
 
 def test_the_mixed_batch_covers_what_it_claims():
     examples = _mixed_examples()
     by_key = Counter(e["meta"].get("audio_key") for e in examples)
-    assert {e["meta"]["ablation"] for e in examples} == set(ABLATIONS)
+    assert {e["meta"]["variant_params"]["ablation"] for e in examples} == set(ABLATIONS)
     assert by_key["clip"] == 11 and by_key[None] == 3

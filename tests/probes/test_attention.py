@@ -10,7 +10,7 @@ import torch
 import yaml
 from tests.helpers.golden import SAKURA_MINI
 
-from salmonn_pl.data.collate import SpeechCollator
+from salmonn_pl.data.collate import AudioBatch, SpeechCollator
 from salmonn_pl.data.variants import Variant
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.window_qformer import WindowQFormer
@@ -96,7 +96,7 @@ def _direct_profile(model, example: dict) -> tuple[torch.Tensor, torch.Tensor]:
     (``assemble`` with the reference as target, labels marking the answer)."""
     batch = _collate([example])
     with torch.no_grad(), eager_attention(model):
-        audio = model.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])
+        audio = model.encode_audio(AudioBatch.of(batch))
         inputs = model.assemble(batch["prompt"], audio["audio_tokens"], batch["text"], padding_side="left")
         out = model.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                         position_ids=inputs.position_ids, output_attentions=True, use_cache=False)
@@ -167,7 +167,7 @@ def test_empty_answer_keeps_the_last_prompt_token(tiny_salmonn):
 
 def test_variant_ablations_act_per_row(tiny_salmonn):
     base = EXAMPLES[0]
-    rows = [base] + [{**base, "id": name, "meta": {"variant": name, "ablation": name}}
+    rows = [base] + [{**base, "id": name, "meta": {"variant": name, "variant_params": {"ablation": name}}}
                      for name in ("zero_audio", "no_audio", "zero_whisper")]
     none, zero_audio, zero_whisper = profile_batch(tiny_salmonn, _collate(rows), answers="reference")
     # A text-only row has no audio to attend to and is left out.
@@ -180,7 +180,7 @@ def test_variant_ablations_act_per_row(tiny_salmonn):
     assert (alone.prompt_mass - zero_audio.prompt_mass).abs().max() <= 1e-5
     assert profile_batch(tiny_salmonn, _collate(rows[2:3]), answers="reference") == []
 
-    bad = [{**base, "id": "Animal/single/x.wav", "meta": {"variant": "v", "ablation": "zero_everything"}}]
+    bad = [{**base, "id": "Animal/single/x.wav", "meta": {"variant": "v", "variant_params": {"ablation": "zero_everything"}}}]
     with pytest.raises(ValueError, match="Animal/single/x.wav.*zero_everything"):
         profile_batch(tiny_salmonn, _collate(bad), answers="reference")
 

@@ -14,8 +14,10 @@ import torch
 from tests.helpers.cli_runs import responses, run_test, write_config
 
 from salmonn_pl.cli import build_cli
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.generation.decode import CachedLM
 from salmonn_pl.lit_module import select_rows
+from salmonn_pl.generation.generate import generate
 
 pytestmark = pytest.mark.slow  # every test reads the runs of one module fixture (4 CLI runs)
 
@@ -105,10 +107,10 @@ def test_right_padding_changes_answers_of_a_random_model(tiny_salmonn):
     ])
     settings = GenerationSettings(max_new_tokens=8, num_beams=1)
     with torch.no_grad():
-        tokens = tiny_salmonn.encode_audio(batch["spectrogram"], batch["raw_wav"], batch["padding_mask"], batch["wav_lengths"])["audio_tokens"]
-        alone = [tiny_salmonn.generate([p], tokens[i : i + 1], settings).sequences[0] for i, p in enumerate(batch["prompt"])]
-        left = tiny_salmonn.generate(batch["prompt"], tokens, settings, padding_side="left").sequences
-        right = tiny_salmonn.generate(batch["prompt"], tokens, settings, padding_side="right").sequences
+        tokens = tiny_salmonn.encode_audio(AudioBatch.of(batch))["audio_tokens"]
+        alone = [generate(tiny_salmonn, [p], tokens[i : i + 1], settings).sequences[0] for i, p in enumerate(batch["prompt"])]
+        left = generate(tiny_salmonn, batch["prompt"], tokens, settings, padding_side="left").sequences
+        right = generate(tiny_salmonn, batch["prompt"], tokens, settings, padding_side="right").sequences
     assert left == alone
     longest = max(range(len(questions)), key=lambda i: len(questions[i]))
     assert right[longest] == alone[longest]

@@ -27,7 +27,7 @@ from salmonn_pl.lit_module import BrokenRun, QuestionFailed
 # End-to-end: subprocesses or whole `salmonn-pl test` runs.
 pytestmark = pytest.mark.slow
 
-OPTION_SCORING = ("--model.decoding", "option_scoring")
+OPTION_SCORING = ("--model.decoder", "OptionScoring")
 
 
 def _keys(records):
@@ -37,11 +37,11 @@ def _keys(records):
 # -- non-finite outputs ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("decoding", ["generate", "option_scoring"])
-def test_a_question_with_nan_output_is_an_error_not_an_answer(tiny_files, tmp_path, decoding):
+@pytest.mark.parametrize("decoder", ["Generate", "OptionScoring"])
+def test_a_question_with_nan_output_is_an_error_not_an_answer(tiny_files, tmp_path, decoder):
     out = tmp_path / "out"
     nan = {"class_path": "tests.helpers.cli_runs.NaNAudioTokens", "init_args": {"file": "test_00001.wav"}}
-    run_test(write_config(tmp_path / "c.yaml", tiny_files, out, limit=3, callbacks=[nan]), "--model.decoding", decoding)
+    run_test(write_config(tmp_path / "c.yaml", tiny_files, out, limit=3, callbacks=[nan]), "--model.decoder", decoder)
 
     records = strict_prediction_lines(out)
     broken = [r for r in records if r["id"].endswith("test_00001.wav")]

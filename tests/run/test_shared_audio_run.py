@@ -9,8 +9,9 @@ from tests.helpers.cli_runs import responses, run_test, write_config
 from tests.helpers.golden import SAKURA_MINI
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.lit_module import SalmonnModule
-from salmonn_pl.model.salmonn import USES_WHISPER
+from salmonn_pl.model.audio_encoding import USES_WHISPER, encode_audio_per_ablation
 
 BATCH_SIZE = 8
 VARIANTS = [
@@ -31,8 +32,7 @@ def _sakura_mini_config(tiny_files: dict, path: Path, output_dir: Path) -> Path:
 
 def _encode_row_by_row(self: SalmonnModule, batch: dict, ablation=None):
     """The encoding before sharing: every row its own pass through the encoders."""
-    audio = (batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
-    return self.salmonn.encode_audio_per_ablation(*audio, self.row_ablations(batch, ablation))
+    return encode_audio_per_ablation(self.salmonn, AudioBatch.of(batch), self.row_ablations(batch, ablation))
 
 
 @pytest.mark.slow
@@ -60,6 +60,6 @@ def test_shared_encoding_gives_the_answers_of_row_by_row_encoding(tiny_files, tm
     dataset = cli.datamodule.dataset
     metas = [dataset[i]["meta"] for i in range(len(dataset))]
     batches = [metas[i : i + BATCH_SIZE] for i in range(0, len(metas), BATCH_SIZE)]
-    distinct = sum(len({m["audio_key"] for m in batch if m["ablation"] in USES_WHISPER}) for batch in batches)
+    distinct = sum(len({m["audio_key"] for m in batch if m["variant_params"]["ablation"] in USES_WHISPER}) for batch in batches)
     assert row_by_row_rows == len(metas) == 32  # zero_whisper rows ran Whisper too, for nothing
     assert shared_rows == distinct == 8  # each batch holds one clip: its released and its padded audio

@@ -10,7 +10,7 @@ from peft.tuners.lora import LoraLayer
 
 from salmonn_pl.data.annotations import AnnotationDataset, load_prompts
 from salmonn_pl.lit_module import SalmonnModule
-from salmonn_pl.training.activation import STORY_INSTRUCTION, STORY_TASK, write_template_activation_set
+from salmonn_pl.data.activation import STORY_INSTRUCTION, STORY_TASK, write_template_activation_set
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 needs_sakura = pytest.mark.skipif(not SAKURA_MINI.is_dir(), reason=f"{SAKURA_MINI} (shared SAKURA clips) is absent")

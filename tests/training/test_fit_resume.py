@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS, load_salmonn_checkpoint, trainable_state_dict
 from salmonn_pl.model.salmonn import Salmonn
-from salmonn_pl.training.resumable import ResumableDataLoader
+from salmonn_pl.data.resumable import ResumableDataLoader
 from salmonn_pl.training.rng import seeded_rng, step_seed
 
 STOP, TOTAL = 3, 6  # 8 items / batch 2 = 4 batches per epoch: the stop is mid-epoch, the end in epoch 2

@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch.distributions import Categorical, kl_divergence
 
-from salmonn_pl.data.annotations import parse_question
+from salmonn_pl.data.multiple_choice import answer_position, parse_question
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
 from salmonn_pl.lit_module import SalmonnModule
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.training.objectives import Objectives, kl_to_uniform, margin_penalty, text_only_accuracy
-from salmonn_pl.training.option_prior import answer_position, text_only_option_logprobs
+from salmonn_pl.training.option_prior import text_only_option_logprobs
 
 QUESTION = "Which sound do you hear? (a) high tone (b) click train (c) white noise (d) rising chirp"
 THREE = "What is the source? (a) a whistle (b) a foghorn (c) a clock"

@@ -13,10 +13,10 @@ from salmonn_pl.data.annotations import (
     EpochSampler,
     load_prompts,
 )
-from salmonn_pl.data.audio import ChannelPolicy
+from salmonn_pl.audio.load import ChannelPolicy
 from salmonn_pl.data.collate import SpeechCollator
 from salmonn_pl.settings_check import check_number
-from salmonn_pl.training.resumable import ResumableDataLoader
+from salmonn_pl.data.resumable import ResumableDataLoader
 
 
 class AnnotationDataModule(LightningDataModule):

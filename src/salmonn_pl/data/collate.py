@@ -8,15 +8,16 @@ truncate to 30 s), after any study variant has been applied to the full clip.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from salmonn_pl.data.audio import MAX_SAMPLES, SAMPLE_RATE, prepare_official
-from salmonn_pl.data.features import N_FRAMES, N_MELS, whisper_log_mel
+from salmonn_pl.audio.features import N_FRAMES, N_MELS, whisper_log_mel
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE, prepare_official
 
 
 class Example(TypedDict):
@@ -42,6 +43,30 @@ class Batch(TypedDict):
     meta: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class AudioBatch:
+    """A batch's audio as the model's encoders take it (the collated batch keeps these four keys)."""
+
+    spectrogram: torch.Tensor  # [B, 80, 3000] Whisper log-mel of each clip's first 30 s
+    raw_wav: torch.Tensor | None = None  # [B, Nmax] right-padded waveforms (BEATs, long audio)
+    padding_mask: torch.Tensor | None = None  # [B, Nmax], True on padding
+    wav_lengths: torch.Tensor | None = None  # [B] samples of each clip
+
+    @classmethod
+    def of(cls, batch: Mapping[str, Any]) -> AudioBatch:
+        """The audio of a collated :class:`Batch` (``raw_wav`` and the rest may be absent)."""
+        return cls(batch["spectrogram"], batch.get("raw_wav"), batch.get("padding_mask"), batch.get("wav_lengths"))
+
+    def rows(self, index: torch.Tensor) -> AudioBatch:
+        """The rows ``index`` (a LongTensor) of every tensor."""
+        return AudioBatch(*(t if t is None else t.index_select(0, index.to(t.device)) for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        """``(spectrogram, raw_wav, padding_mask, wav_lengths)`` (``dataclasses.astuple`` would copy them)."""
+        return self.spectrogram, self.raw_wav, self.padding_mask, self.wav_lengths
+
+
+SPEECH_PLACEHOLDER = "<SpeechHere>"  # where a prompt's audio tokens go
 _REQUIRED_KEYS = ("id", "audio", "prompt", "text", "meta")
 
 
@@ -49,7 +74,7 @@ class SpeechCollator:
     """Collate :class:`Example` dicts into a :class:`Batch`.
 
     ``feature_dtype`` is the compute precision of the Whisper log-mel (see
-    :func:`salmonn_pl.data.features.whisper_log_mel`); the spectrogram is float32 either way.
+    :func:`salmonn_pl.audio.features.whisper_log_mel`); the spectrogram is float32 either way.
     Examples sharing a ``meta["audio_key"]`` get their log-mel computed once (the batch still has
     one spectrogram row per example); a key shared by different waveforms is an error.
     """
@@ -97,9 +122,9 @@ class SpeechCollator:
         )
 
     def _prepare(self, wav: np.ndarray) -> np.ndarray:
-        if self.max_samples <= MAX_SAMPLES:
+        if self.max_samples <= CHUNK_SAMPLES:
             return prepare_official(wav)[: self.max_samples]
-        return prepare_official(wav[: self.max_samples]) if len(wav) <= MAX_SAMPLES else wav[: self.max_samples]
+        return prepare_official(wav[: self.max_samples]) if len(wav) <= CHUNK_SAMPLES else wav[: self.max_samples]
 
 
 def first_row_with_same_audio(audio_keys: Sequence[str | None]) -> list[int]:
@@ -138,5 +163,5 @@ def _check_example(example: Example) -> None:
     if not isinstance(audio, np.ndarray) or audio.ndim != 1:
         shape = getattr(audio, "shape", type(audio).__name__)
         raise ValueError(f"example {example['id']!r}: audio must be a 1-D numpy array, got {shape}")
-    if example["prompt"].count("<SpeechHere>") != 1:
-        raise ValueError(f"example {example['id']!r}: prompt must contain exactly one <SpeechHere>")
+    if example["prompt"].count(SPEECH_PLACEHOLDER) != 1:
+        raise ValueError(f"example {example['id']!r}: prompt must contain exactly one {SPEECH_PLACEHOLDER}")

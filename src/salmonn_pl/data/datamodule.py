@@ -25,8 +25,8 @@ and multi-hop questions, each under every variant), so the clip is decoded once 
 holds the same audio several times: ``meta["audio_key"]`` tells the collator and the model which
 rows share a waveform, and they compute its features once. Long-audio variants
 (``long_audio_seconds``, see ``configs/long_audio.yaml``) surround the clip with clips of other
-questions of the benchmark; set ``max_audio_seconds`` (here and in the model) to at least their
-length so that the model hears all of it.
+questions of the benchmark; set ``max_audio_seconds`` to at least their length so that the model
+hears all of it (``salmonn-pl`` sets it from ``model.model.max_audio_seconds``, one setting for both).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from salmonn_pl.data.audio import SAMPLE_RATE, ChannelPolicy
+from salmonn_pl.audio.load import SAMPLE_RATE, ChannelPolicy
 from salmonn_pl.data.collate import Example, SpeechCollator
 from salmonn_pl.data.long_audio import (
     Clip,
@@ -135,7 +135,8 @@ class SakuraDataset(Dataset):
             **({"answer_verbatim": question.answer_verbatim} if question.answer_verbatim not in ("", question.answer) else {}),
             "instruction": question.instruction,
             "question": text,
-            **{key: value for key, value in variant.params().items() if key != "name"},
+            # The variant's settings, as one value (the record's meta.variant_params).
+            "variant_params": {key: value for key, value in variant.params().items() if key != "name"},
             "variant": variant.name,
             "audio_key": variant.audio_key(clip_id),
             "num_samples": len(audio),
@@ -246,8 +247,8 @@ class SakuraDataModule(L.LightningDataModule):
             name) or ``auto``.
         feature_dtype: compute precision of the Whisper log-mel.
         max_audio_seconds: raw audio kept per clip, at least the official 30 s; above 30 s the model
-            encodes 30 s chunks (set the model's ``max_audio_seconds`` to the same value), e.g. for
-            long-audio variants.
+            encodes 30 s chunks, e.g. for long-audio variants. ``salmonn-pl`` links it to
+            ``model.model.max_audio_seconds`` (set there; a value given here is replaced).
 
     Settings are checked when the module is built, and so is a hub name's dataset (loaded or found
     in the cache), so that a bad setting or a missing download fails before the model loads.
@@ -311,7 +312,7 @@ class SakuraDataModule(L.LightningDataModule):
             rank_zero_warn(
                 f"SakuraDataModule: long-audio variants last up to {longest:g} s but max_audio_seconds is "
                 f"{max_audio_seconds:g}, so the model hears only the first {max_audio_seconds:g} s; set "
-                f"max_audio_seconds (here and in the model) to {longest:g} to encode all of it"
+                f"max_audio_seconds (model.model.max_audio_seconds under salmonn-pl) to {longest:g} to encode all of it"
             )
         if hub is not None:
             # Load (or find in the cache) now: a missing download fails before any other work.

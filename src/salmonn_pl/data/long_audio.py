@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from salmonn_pl.data.audio import MAX_SAMPLES, SAMPLE_RATE, ChannelPolicy
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE, ChannelPolicy
 from salmonn_pl.data.sakura import SakuraQuestion, load_question_audio
 from salmonn_pl.data.variants import LONG_AUDIO_POSITIONS, DistractorSource, LongAudioPosition, stable_seed
 
 # The official SALMONN path keeps the first 30 s of any recording.
-OFFICIAL_MAX_SECONDS = MAX_SAMPLES // SAMPLE_RATE
+OFFICIAL_MAX_SECONDS = CHUNK_SAMPLES // SAMPLE_RATE
 # The official SALMONN concatenation (dataset.py "expand_wav") puts 0.1 s of silence between clips.
 DEFAULT_GAP_SECONDS = 0.1
 

@@ -13,7 +13,7 @@ Two layouts are read:
   (which honours its cache, ``HF_HUB_OFFLINE`` and ``HF_DATASETS_OFFLINE``) or, when that cannot
   reach the Hub, read from the Hugging Face hub cache filled by ``hf download <repo> --repo-type dataset``.
 
-Audio is decoded from the file's bytes by :func:`~salmonn_pl.data.audio.load_audio` in every layout,
+Audio is decoded from the file's bytes by :func:`~salmonn_pl.audio.load.load_audio` in every layout,
 so a clip's waveform is the same sample for sample whichever way the benchmark was fetched.
 
 Each clip carries one ``single``-hop and one ``multi``-hop question. A question's id is
@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow.parquet as pq
 
-from salmonn_pl.data.audio import AudioError, ChannelPolicy, load_audio
+from salmonn_pl.audio.load import AudioError, ChannelPolicy, load_audio
 
 TRACKS = ("Animal", "Emotion", "Gender", "Language")
 HOPS = ("single", "multi")

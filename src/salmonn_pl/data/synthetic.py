@@ -28,8 +28,9 @@ from typing import Literal
 import numpy as np
 import soundfile as sf
 
-from salmonn_pl.data.annotations import DEFAULT_PROMPTS, Annotation, format_options, option_letter, write_annotations
-from salmonn_pl.data.audio import SAMPLE_RATE
+from salmonn_pl.data.annotations import DEFAULT_PROMPTS, Annotation, write_annotations
+from salmonn_pl.data.multiple_choice import format_options, option_letter
+from salmonn_pl.audio.load import SAMPLE_RATE
 
 TRACK = "Synthetic"
 SAKURA_COLUMNS = ("file", "attribute_label", "single_instruction", "single_answer", "multi_instruction", "multi_answer")

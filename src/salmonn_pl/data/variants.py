@@ -29,8 +29,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from salmonn_pl.data.annotations import parse_question
-from salmonn_pl.data.audio import SAMPLE_RATE
+from salmonn_pl.audio.load import SAMPLE_RATE
+from salmonn_pl.data.multiple_choice import parse_question
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
 
 DEFAULT_PROMPT_TEMPLATE = "USER: <Speech><SpeechHere></Speech> {question}\nASSISTANT:"
 
@@ -124,9 +125,9 @@ def strip_options(question: str) -> str:
 
 def check_prompt_template(template: str) -> None:
     """A prompt template needs one ``<SpeechHere>`` (audio tokens) and one ``{question}``."""
-    if template.count("<SpeechHere>") != 1 or template.count("{question}") != 1:
+    if template.count(SPEECH_PLACEHOLDER) != 1 or template.count("{question}") != 1:
         raise ValueError(
-            f"prompt_template must contain '<SpeechHere>' and '{{question}}' exactly once each, got {template!r}"
+            f"prompt_template must contain '{SPEECH_PLACEHOLDER}' and '{{question}}' exactly once each, got {template!r}"
         )
 
 

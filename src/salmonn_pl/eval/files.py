@@ -12,12 +12,13 @@ floats become ``null``.
 from __future__ import annotations
 
 import json
-import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from salmonn_pl.json_values import finite_json
 
 
 class ResultWriteError(OSError):
@@ -49,17 +50,6 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_open(path) as handle:
         handle.write(text)
     return Path(path)
-
-
-def finite_json(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, +-inf) replaced by ``None``, recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {key: finite_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(item) for item in value]
-    return value
 
 
 def dumps_strict(value: Any, **kwargs: Any) -> str:

@@ -55,7 +55,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from salmonn_pl.data.annotations import option_letter, parse_question
+from salmonn_pl.data.multiple_choice import parse_options
 
 Verdict = Literal["correct", "incorrect", "unjudged"]
 VERDICTS: tuple[Verdict, ...] = ("correct", "incorrect", "unjudged")
@@ -206,12 +206,6 @@ def _is_negated(words: list[str], clauses: list[int], start: int) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Options and letters
-
-
-def parse_options(question: str) -> dict[str, str]:
-    """``{"a": "happy", "b": "disgust", ...}`` from the inline ``(a) ... (b) ...`` list; ``{}`` without one."""
-    parsed = parse_question(question)
-    return {} if parsed is None else {option_letter(i): text for i, text in enumerate(parsed.options)}
 
 
 def answer_letter(answer: str, options: dict[str, str]) -> str | None:

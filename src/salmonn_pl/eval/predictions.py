@@ -52,20 +52,6 @@ def _variant_name(meta: Mapping[str, Any], source: str) -> str:
     return variant
 
 
-# Settings of a study variant (``salmonn_pl.data.variants.Variant.params``) when an example's meta
-# carries them flat instead of under ``variant_params``.
-VARIANT_PARAM_KEYS = (
-    "pad_seconds",
-    "pad_fill",
-    "pad_position",
-    "noise_dbfs",
-    "strip_options",
-    "ablation",
-    "prompt_template",
-    "long_audio_seconds",
-    "long_audio_position",
-    "long_audio_distractors",
-)
 # Example meta fields that become top-level record fields.
 _PROMOTED = {"track", "hop", "instruction", "question", "answer", "variant", "label", "attribute_label", "variant_params"}
 
@@ -85,10 +71,10 @@ def make_record(example_id: str, meta: Mapping[str, Any], response: str, answer:
     if missing:
         raise ValueError(f"example {example_id}: meta lacks {missing}; it has {sorted(meta)}")
     shown = meta.get("question", meta["instruction"])
-    params = meta.get("variant_params")
+    params = meta.get("variant_params") or {}
     if not isinstance(params, Mapping):
-        params = {k: meta[k] for k in VARIANT_PARAM_KEYS if k in meta}
-    extra = {k: v for k, v in meta.items() if k not in _PROMOTED and k not in VARIANT_PARAM_KEYS}
+        raise ValueError(f"example {example_id}: meta variant_params must be a mapping of settings, got {params!r}")
+    extra = {k: v for k, v in meta.items() if k not in _PROMOTED}
     if shown != meta["instruction"]:
         extra["original_instruction"] = meta["instruction"]
     return {

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
-from salmonn_pl.generation.decode import CachedLM, DecodeOutput, DecodeStep, GenerationSettings, ScoreHook, generate
+from salmonn_pl.generation.decode import CachedLM, DecodeOutput, DecodeStep, GenerationSettings, ScoreHook
+from salmonn_pl.generation.generate import generate
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
 from salmonn_pl.settings_check import at_least, require
 
@@ -111,16 +112,10 @@ def contrastive_generate(
     The contrast stream is the prompt without audio tokens, or with ``negative_audio_tokens`` in
     their place (e.g. the tokens of silence or of another clip).
     """
-    inputs = salmonn.assemble(prompts, audio_tokens, padding_side=padding_side)
     negative = salmonn.assemble(prompts, negative_audio_tokens, padding_side=padding_side)
-    with salmonn.autocast():
-        hook = AudioContrast(salmonn.llm, negative.inputs_embeds, negative.attention_mask,
+
+    def hook() -> AudioContrast:
+        return AudioContrast(salmonn.llm, negative.inputs_embeds, negative.attention_mask,
                              settings.beta, settings.plausibility)
-        return generate(
-            salmonn.llm,
-            inputs.inputs_embeds,
-            inputs.attention_mask,
-            generation,
-            logits_processors=logits_processors,
-            score_hook=hook,
-        )
+
+    return generate(salmonn, prompts, audio_tokens, generation, padding_side, logits_processors, score_hook=hook)

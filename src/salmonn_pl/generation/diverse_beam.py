@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
-from salmonn_pl.generation.decode import DecodeOutput, DecodeStep, GenerationSettings, ScoreHook, generate
+from salmonn_pl.generation.decode import DecodeOutput, DecodeStep, GenerationSettings, ScoreHook
+from salmonn_pl.generation.generate import generate
 from salmonn_pl.model.llm import embed_tokens
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
 from salmonn_pl.settings_check import at_least, require
@@ -122,18 +123,9 @@ def diverse_beam_generate(
     """
     if generation.num_beams < 2:
         raise ValueError(f"diverse beam search needs GenerationSettings.num_beams >= 2, got {generation.num_beams}")
-    inputs = salmonn.assemble(prompts, audio_tokens, padding_side=padding_side)
     # Without a penalty, plain beam search (beam sampling included) runs untouched.
-    hook = similarity_penalty(salmonn.llm, settings) if settings.alpha > 0 else None
-    with salmonn.autocast():
-        return generate(
-            salmonn.llm,
-            inputs.inputs_embeds,
-            inputs.attention_mask,
-            generation,
-            logits_processors=logits_processors,
-            score_hook=hook,
-        )
+    hook = (lambda: similarity_penalty(salmonn.llm, settings)) if settings.alpha > 0 else None
+    return generate(salmonn, prompts, audio_tokens, generation, padding_side, logits_processors, score_hook=hook)
 
 
 def distinct_n(sequences: Sequence[Sequence[int]], n: int = 2) -> float:

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import torch
 from transformers import LogitsProcessor
 
-from salmonn_pl.data.annotations import option_letter, parse_question
+from salmonn_pl.data.multiple_choice import option_letter, parse_question
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 from salmonn_pl.settings_check import require
 

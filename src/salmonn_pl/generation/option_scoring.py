@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import torch
 
-from salmonn_pl.data.annotations import ParsedQuestion, option_letter, parse_question
-from salmonn_pl.eval.files import finite_json
+from salmonn_pl.data.multiple_choice import ParsedQuestion, option_letter, parse_question
+from salmonn_pl.json_values import finite_json
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
 from salmonn_pl.settings_check import at_least, require
 

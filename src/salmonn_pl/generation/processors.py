@@ -17,6 +17,7 @@ from transformers import (
     SequenceBiasLogitsProcessor,
 )
 
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
 from salmonn_pl.settings_check import above, at_least, finite, require
 
@@ -58,7 +59,7 @@ def build_logits_processors(
             bias.append([ids, float(value)])
         processors.append(SequenceBiasLogitsProcessor(sequence_bias=bias))
     if settings.encoder_repetition_penalty is not None:
-        rows = [tokenizer.encode(p.replace("<SpeechHere>", " ")) for p in prompts]
+        rows = [tokenizer.encode(p.replace(SPEECH_PLACEHOLDER, " ")) for p in prompts]
         width = max(len(r) for r in rows)
         # Pad with each row's own first token, so no token outside the prompt is touched.
         ids = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows])

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from salmonn_pl.model.fbank import kaldi_fbank_batch, num_fbank_frames
+from salmonn_pl.audio.fbank import kaldi_fbank_batch, num_fbank_frames
 
 logger = logging.getLogger(__name__)
 

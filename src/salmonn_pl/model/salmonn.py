@@ -1,8 +1,9 @@
 """The composed SALMONN model: Whisper + BEATs -> window Q-Former -> LoRA LLM.
 
 Read top to bottom: configuration, construction from the official on-disk files, audio encoding
-(with the study's encoder ablations), assembly of the LLM input around ``<SpeechHere>``, the
-training loss, and generation.
+(with the study's encoder ablations), assembly of the LLM input around ``<SpeechHere>``, and the
+training loss. Decoding lives in :mod:`salmonn_pl.generation` (:func:`~salmonn_pl.generation.generate.generate`),
+evaluation-speed audio encoding in :mod:`salmonn_pl.model.audio_encoding`.
 
 Two layouts of a batch in the LLM input exist, because the study compares them:
 
@@ -17,7 +18,6 @@ Two layouts of a batch in the LLM input exist, because the study compares them:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from salmonn_pl.data.collate import first_row_with_same_audio
-from salmonn_pl.data.features import whisper_log_mel
+from salmonn_pl.audio.features import whisper_log_mel
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER, AudioBatch
 from salmonn_pl.data.variants import Ablation
-from salmonn_pl.generation.decode import GenerationSettings, generate
 from salmonn_pl.model.beats import BEATs
 from salmonn_pl.model.llm import LoraSettings, embed_tokens, load_llm
 from salmonn_pl.model.tokenizer import SalmonnTokenizer
@@ -38,21 +38,12 @@ from salmonn_pl.model.whisper import load_whisper_encoder
 from salmonn_pl.model.window_qformer import QFormerSettings, WindowQFormer
 from salmonn_pl.settings_check import above, at_least, require
 
-SPEECH_PLACEHOLDER = "<SpeechHere>"
-SAMPLE_RATE = 16000
-CHUNK_SAMPLES = 30 * SAMPLE_RATE
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 PaddingSide = Literal["left", "right"]
 # The audio tokens of a batch: [B, n, H]; a list of [n_i, H] when rows differ in length (long audio,
 # text-only rows among others: [0, H]); None when every row is text-only.
 AudioTokens = torch.Tensor | list[torch.Tensor] | None
-
-# The encoder outputs each ablation keeps (and so the encoders it needs run); the others see zeros.
-USES_WHISPER = frozenset({"none", "zero_beats"})
-USES_BEATS = frozenset({"none", "zero_whisper"})
-USES_QFORMER = USES_WHISPER | USES_BEATS
-
 
 @dataclass
 class SalmonnConfig:
@@ -120,27 +111,6 @@ def check_model_numbers(c: SalmonnConfig) -> None:
     # Below 30 s it would not shorten what the model hears (a clip is encoded whole up to 30 s).
     require(at_least(c.max_audio_seconds, 30), "model.max_audio_seconds", c.max_audio_seconds,
             ">= 30 (Whisper's window; longer audio is encoded in 30 s chunks)")
-
-
-@dataclass(frozen=True)
-class AudioWindow:
-    """Up to 30 s of one batch row's audio, one row for the encoders and the Q-Former: the whole clip,
-    or (``chunked``) one 30 s chunk of a clip longer than Whisper's window."""
-
-    row: int
-    start: int  # first sample in the row
-    stop: int  # end sample (exclusive)
-    length: int  # samples the encoders see: a chunk shorter than 1 s is zero-padded to 1 s
-    chunked: bool  # needs its own log-mel (the batch's spectrogram is of the row's first 30 s)
-
-
-@dataclass
-class CarriedAudioTokens:
-    """The audio tokens of an evaluation run's previous batch, for :meth:`Salmonn.encode_audio_shared`:
-    ``(audio_key, ablation) -> (the audio's samples, its tokens)``. Valid only while the model's
-    weights and settings stay as they were (the evaluation module forgets them when it leaves eval mode)."""
-
-    tokens: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -254,15 +224,7 @@ class Salmonn(nn.Module):
         return torch.autocast(device.type, dtype=DTYPES[self.config.autocast_dtype])
 
     # -- audio -----------------------------------------------------------------------------
-    def encode_audio(
-        self,
-        spectrogram: torch.Tensor,
-        raw_wav: torch.Tensor | None = None,
-        padding_mask: torch.Tensor | None = None,
-        wav_lengths: torch.Tensor | None = None,
-        ablation: Ablation = "none",
-        output_attentions: bool = False,
-    ) -> dict:
+    def encode_audio(self, audio: AudioBatch, ablation: Ablation = "none", output_attentions: bool = False) -> dict:
         """Audio tokens for the LLM, ``[B, n_tokens, llm_width]``, and the intermediate streams.
 
         Ablations act on the encoder *outputs*, before the connector's LayerNorms:
@@ -276,6 +238,7 @@ class Salmonn(nn.Module):
         is cut into 30 s chunks and ``audio_tokens`` becomes a list with one ``[n_chunks_i * 88,
         llm_width]`` tensor per clip (see :meth:`encode_long_audio`).
         """
+        spectrogram, raw_wav, padding_mask, wav_lengths = audio.tensors()
         if (
             self.config.max_audio_seconds > 30.0
             and raw_wav is not None
@@ -328,210 +291,11 @@ class Salmonn(nn.Module):
             padded[i, : len(c)] = c
         spectrogram = whisper_log_mel(padded, lengths)
         mask = torch.arange(padded.size(1), device=padded.device)[None, :] >= lengths[:, None]
-        out = self.encode_audio(spectrogram, padded, mask, lengths, ablation=ablation, output_attentions=output_attentions)
+        out = self.encode_audio(AudioBatch(spectrogram, padded, mask, lengths), ablation=ablation, output_attentions=output_attentions)
         owners_t = torch.tensor(owners, device=raw_wav.device)
         out["audio_tokens"] = [out["audio_tokens"][owners_t == b].flatten(0, 1) for b in range(raw_wav.size(0))]
         out["chunks_per_clip"] = torch.bincount(owners_t, minlength=raw_wav.size(0))
         return out
-
-    def encode_audio_per_ablation(
-        self,
-        spectrogram: torch.Tensor,
-        raw_wav: torch.Tensor | None,
-        padding_mask: torch.Tensor | None,
-        wav_lengths: torch.Tensor | None,
-        ablations: Sequence[Ablation],
-    ) -> AudioTokens:
-        """Audio tokens of every row under its own ablation, sharing nothing: the rows of each
-        ablation go through :meth:`encode_audio` together, each row its own batch row.
-
-        The training path (each row draws its own Q-Former dropout) and the reference of
-        :meth:`encode_audio_shared`.
-        """
-        groups: dict[str, list[int]] = {}
-        for row, name in enumerate(ablations):
-            groups.setdefault(name, []).append(row)
-        per_row: list[torch.Tensor | None] = [None] * len(ablations)
-        for name, rows in groups.items():
-            if name == "no_audio":
-                continue
-            if len(rows) == len(ablations):
-                return self.encode_audio(spectrogram, raw_wav, padding_mask, wav_lengths, ablation=name)["audio_tokens"]
-            index = torch.tensor(rows, dtype=torch.long)
-            audio = (spectrogram, raw_wav, padding_mask, wav_lengths)
-            picked = [t if t is None else t.index_select(0, index.to(t.device)) for t in audio]
-            tokens = self.encode_audio(*picked, ablation=name)["audio_tokens"]
-            for i, row in enumerate(rows):
-                per_row[row] = tokens[i]
-        return _batch_of_rows(per_row)
-
-    def encode_audio_shared(
-        self,
-        spectrogram: torch.Tensor,
-        raw_wav: torch.Tensor | None,
-        padding_mask: torch.Tensor | None,
-        wav_lengths: torch.Tensor | None,
-        ablations: Sequence[Ablation],
-        audio_keys: Sequence[str | None],
-        carry: CarriedAudioTokens | None = None,
-    ) -> AudioTokens:
-        """Audio tokens of every row under its own ablation, each distinct audio encoded once (inference).
-
-        Rows with the same ``audio_keys`` entry hold the same waveform (``meta["audio_key"]``, see
-        :class:`~salmonn_pl.data.datamodule.SakuraDataset`); a ``None`` key shares with no row.
-        Whisper runs once per distinct audio among the rows whose ablation keeps its output
-        (``none``, ``zero_beats``), BEATs once per distinct audio among those keeping its own
-        (``none``, ``zero_whisper``), the Q-Former once per distinct (audio, ablation), and
-        ``zero_audio`` runs none of them. Where an ablation zeroes an encoder's output, zeros of the
-        shape that encoder would have produced take its place. Each row thus gets the tokens
-        :meth:`encode_audio_per_ablation` gives it, up to float rounding where an encoder's batch
-        differs. Clips longer than 30 s (with ``max_audio_seconds`` above 30) are encoded in 30 s
-        chunks as :meth:`encode_long_audio` does, each chunk shared like a clip.
-
-        ``beats_batching="official"`` makes a clip's BEATs features depend on its batch, and so
-        does audio longer than 30 s when ``max_audio_seconds`` is 30 (BEATs then outlasts Whisper):
-        such batches are encoded by :meth:`encode_audio_per_ablation`, sharing nothing.
-
-        ``carry`` holds the tokens of the previous call (the previous batch of a run): an audio
-        whose key and samples match is not encoded again, since a clip's questions often straddle
-        two batches. The call then replaces its content with this batch's tokens.
-        """
-        if not len(ablations) == len(audio_keys) == spectrogram.size(0):
-            raise ValueError(
-                f"encode_audio_shared: {spectrogram.size(0)} spectrogram rows, {len(ablations)} ablations "
-                f"and {len(audio_keys)} audio_keys; one of each per row is needed"
-            )
-        has_beats = self.beats is not None and raw_wav is not None
-        if has_beats and wav_lengths is None:
-            if padding_mask is not None:
-                wav_lengths = (~padding_mask).sum(1)
-            else:
-                wav_lengths = torch.full((raw_wav.size(0),), raw_wav.size(1), device=raw_wav.device)
-        chunk_long = self.config.max_audio_seconds > 30.0 and raw_wav is not None and wav_lengths is not None
-        longer_than_whisper = has_beats and int(wav_lengths.max()) > CHUNK_SAMPLES and not chunk_long
-        if (has_beats and self.config.beats_batching == "official") or longer_than_whisper:
-            return self.encode_audio_per_ablation(spectrogram, raw_wav, padding_mask, wav_lengths, ablations)
-
-        same_audio = first_row_with_same_audio(audio_keys)
-        signal = raw_wav if raw_wav is not None else spectrogram
-        _check_shared_rows(same_audio, audio_keys, signal, wav_lengths)
-        needed: dict[int, dict[str, None]] = {}  # first row of a distinct audio -> its rows' ablations
-        for row, name in enumerate(ablations):
-            if name != "no_audio":
-                needed.setdefault(same_audio[row], {})[name] = None
-        windows = {audio: self._audio_windows(audio, wav_lengths, chunk_long) for audio in needed}
-
-        samples = {audio: _row_samples(signal, wav_lengths if raw_wav is not None else None, audio) for audio in needed}
-        pairs = [(audio, name) for audio, names in needed.items() for name in names if name in USES_QFORMER]
-        tokens_of: dict[tuple[int, str], torch.Tensor] = {}
-        if carry is not None:
-            for audio, name in pairs:
-                carried = carry.tokens.get((audio_keys[audio], name))
-                if carried is not None and _same_samples(carried[0], samples[audio]):
-                    tokens_of[(audio, name)] = carried[1]
-        todo = [pair for pair in pairs if pair not in tokens_of]
-
-        def windows_using(encoder_ablations: frozenset[str]) -> list[AudioWindow]:
-            users = dict.fromkeys(audio for audio, name in todo if name in encoder_ablations)
-            return [window for audio in users for window in windows[audio]]
-
-        with self.autocast():
-            speech = self._whisper_states(windows_using(USES_WHISPER), spectrogram, raw_wav)
-            beats = self._beats_states(windows_using(USES_BEATS), raw_wav) if has_beats else None
-            tokens = self._qformer_tokens([(name, windows[audio]) for audio, name in todo], speech, beats)
-        tokens_of.update(zip(todo, tokens))
-        if carry is not None:
-            carry.tokens = {
-                (audio_keys[audio], name): (samples[audio], tokens_of[(audio, name)])
-                for audio, name in pairs
-                if audio_keys[audio] is not None
-            }
-        per_window = self.connector.tokens_for_frames(self.whisper.config.max_source_positions)
-        per_row: list[torch.Tensor | None] = []
-        for row, name in enumerate(ablations):
-            audio = same_audio[row]
-            if name == "no_audio":
-                per_row.append(None)
-            elif name == "zero_audio":
-                shape = (per_window * len(windows[audio]), self.connector.proj.out_features)
-                per_row.append(torch.zeros(shape, dtype=self._token_dtype(), device=self.connector.proj.weight.device))
-            else:
-                per_row.append(tokens_of[(audio, name)])
-        return _batch_of_rows(per_row)
-
-    def _audio_windows(self, row: int, wav_lengths: torch.Tensor | None, chunk_long: bool) -> list[AudioWindow]:
-        """The row's clip as one window, or in 30 s chunks when it is longer (as :meth:`encode_long_audio`)."""
-        n = int(wav_lengths[row]) if wav_lengths is not None else 0
-        if not (chunk_long and n > CHUNK_SAMPLES):
-            return [AudioWindow(row, 0, n, n, chunked=False)]
-        n = min(n, round(self.config.max_audio_seconds * SAMPLE_RATE))
-        stops = [min(n, start + CHUNK_SAMPLES) for start in range(0, n, CHUNK_SAMPLES)]
-        return [
-            AudioWindow(row, start, stop, max(stop - start, SAMPLE_RATE), chunked=True)
-            for start, stop in zip(range(0, n, CHUNK_SAMPLES), stops)
-        ]
-
-    def _whisper_states(
-        self, windows: list[AudioWindow], spectrogram: torch.Tensor, raw_wav: torch.Tensor | None
-    ) -> dict[AudioWindow, torch.Tensor]:
-        """Whisper's last hidden states ``[frames, width]`` of each window, in one encoder batch."""
-        if not windows:
-            return {}
-        chunks = [w for w in windows if w.chunked]
-        chunk_mels = iter(whisper_log_mel(*_window_wavs(chunks, raw_wav)) if chunks else ())
-        mels = torch.stack([next(chunk_mels) if w.chunked else spectrogram[w.row] for w in windows])
-        states = self.whisper(mels.to(self.whisper.conv1.weight.dtype)).last_hidden_state
-        return dict(zip(windows, states))
-
-    def _beats_states(self, windows: list[AudioWindow], raw_wav: torch.Tensor) -> dict[AudioWindow, torch.Tensor]:
-        """BEATs features ``[n_tokens, width]`` of each window (its own tokens), in one encoder batch."""
-        if not windows:
-            return {}
-        features, padding = self.beats.extract_features_per_clip(*_window_wavs(windows, raw_wav))
-        return {w: features[i, : int((~padding[i]).sum())] for i, w in enumerate(windows)}
-
-    def _qformer_tokens(
-        self,
-        pairs: list[tuple[str, list[AudioWindow]]],
-        speech: dict[AudioWindow, torch.Tensor],
-        beats: dict[AudioWindow, torch.Tensor] | None,
-    ) -> list[torch.Tensor]:
-        """Audio tokens ``[n_windows * tokens_per_window, H]`` of each (ablation, windows) pair, in one
-        Q-Former batch; an encoder output the ablation zeroes is zeros of its shape."""
-        if not pairs:
-            return []
-        rows = [(name, window) for name, windows in pairs for window in windows]
-        device = self.connector.proj.weight.device
-        # Zeros in the dtype the encoder's output has (that of the connector's LayerNorm when it never ran).
-        speech_dtype = next(iter(speech.values())).dtype if speech else self.connector.ln_speech.weight.dtype
-        silent_speech = torch.zeros(
-            self.whisper.config.max_source_positions, self.whisper.config.d_model, dtype=speech_dtype, device=device
-        )
-        speech_in = torch.stack([speech[w] if name in USES_WHISPER else silent_speech for name, w in rows])
-        audio_in = audio_padding = None
-        if beats is not None:
-            # The connector zeroes BEATs tokens past a clip's count after ln_audio, so a zeroed stream
-            # must keep the clip's token count: ln_audio turns zeros into its bias, padding stays 0.
-            lengths = torch.tensor([w.length for _, w in rows])
-            counts = [
-                beats[w].size(0) if name in USES_BEATS else int(n)
-                for (name, w), n in zip(rows, self.beats.output_lengths(lengths))
-            ]
-            beats_dtype = next(iter(beats.values())).dtype if beats else self.connector.ln_audio.weight.dtype
-            audio_in = torch.zeros(len(rows), max(counts), self.beats.output_dim, dtype=beats_dtype, device=device)
-            for i, (name, w) in enumerate(rows):
-                if name in USES_BEATS:
-                    audio_in[i, : counts[i]] = beats[w]
-            audio_padding = torch.arange(max(counts), device=device) >= torch.tensor(counts, device=device)[:, None]
-        tokens = self.connector(speech_in, audio_in, audio_padding)["audio_tokens"]
-        sizes = [len(windows) for _, windows in pairs]
-        return [t.flatten(0, 1) for t in tokens.split(sizes)]
-
-    def _token_dtype(self) -> torch.dtype:
-        """The dtype of the connector's audio tokens: the autocast dtype, else the projection's."""
-        if self.config.autocast_dtype in ("none", "float32"):
-            return self.connector.proj.weight.dtype
-        return DTYPES[self.config.autocast_dtype]
 
     # -- LLM input ---------------------------------------------------------------------------
     def split_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
@@ -584,7 +348,7 @@ class Salmonn(nn.Module):
             # A batch whose prompt-before lengths differ cannot take this layout (the official
             # code would fail in its tokenizer call as well).
             if len({len(r[0]) for r in rows}) != 1:
-                raise ValueError("right padding needs the same text before <SpeechHere> in every row")
+                raise ValueError(f"right padding needs the same text before {SPEECH_PLACEHOLDER} in every row")
         else:
             seqs = []
             for (before, after), t, n_audio in zip(parts, tgt, n_audio_rows):
@@ -651,70 +415,3 @@ class Salmonn(nn.Module):
         """The official loss: token-mean cross-entropy over every target token of the batch."""
         logp, count = self.answer_logprobs(inputs)
         return -logp.sum() / count.sum().clamp(min=1)
-
-    # -- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def generate(
-        self,
-        prompts: list[str],
-        audio_tokens: torch.Tensor | None,
-        settings: GenerationSettings,
-        padding_side: PaddingSide = "left",
-        logits_processors: list | None = None,
-    ):
-        inputs = self.assemble(prompts, audio_tokens, padding_side=padding_side)
-        with self.autocast():
-            return generate(
-                self.llm,
-                inputs.inputs_embeds,
-                inputs.attention_mask,
-                settings,
-                logits_processors=logits_processors or (),
-            )
-
-
-def _window_wavs(windows: list[AudioWindow], raw_wav: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows' samples, right-padded with zeros into ``[n, longest]``, and their lengths ``[n]``."""
-    lengths = torch.tensor([w.length for w in windows], device=raw_wav.device)
-    wavs = raw_wav.new_zeros(len(windows), int(lengths.max()))
-    for i, w in enumerate(windows):
-        wavs[i, : w.stop - w.start] = raw_wav[w.row, w.start : w.stop]
-    return wavs, lengths
-
-
-def _row_samples(signal: torch.Tensor, wav_lengths: torch.Tensor | None, row: int) -> torch.Tensor:
-    """The row's own samples (its waveform up to its length), or its whole spectrogram without waveforms."""
-    return signal[row, : int(wav_lengths[row])] if wav_lengths is not None else signal[row]
-
-
-def _same_samples(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b))
-
-
-def _check_shared_rows(
-    same_audio: list[int], audio_keys: Sequence[str | None], signal: torch.Tensor, wav_lengths: torch.Tensor | None
-) -> None:
-    """Rows that share an audio key must hold the same samples: tokens computed once serve all of them."""
-    rows = [row for row, first in enumerate(same_audio) if first != row]
-    if not rows:
-        return
-    firsts = [same_audio[row] for row in rows]
-    differs = (signal[rows] != signal[firsts]).flatten(1).any(1)
-    if wav_lengths is not None:
-        differs |= wav_lengths[rows].to(differs.device) != wav_lengths[firsts].to(differs.device)
-    if differs.any():
-        row = rows[int(differs.nonzero()[0])]
-        raise ValueError(
-            f"batch rows {same_audio[row]} and {row} share meta audio_key {audio_keys[row]!r} but hold different audio"
-        )
-
-
-def _batch_of_rows(per_row: list[torch.Tensor | None]) -> AudioTokens:
-    """Per-row tokens (``None`` = text-only) as :data:`AudioTokens`: stacked when every row has the same shape."""
-    present = [t for t in per_row if t is not None]
-    if not present:
-        return None
-    if len(present) == len(per_row) and len({t.shape for t in present}) == 1:
-        return torch.stack(present)
-    empty = present[0].new_zeros(0, present[0].size(-1))
-    return [t if t is not None else empty for t in per_row]

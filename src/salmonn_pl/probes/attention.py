@@ -32,12 +32,14 @@ from typing import Any, Literal, get_args
 import torch
 import torch.nn.functional as F
 
-from salmonn_pl.data.audio import SAMPLE_RATE
+from salmonn_pl.audio.load import SAMPLE_RATE
+from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import embed_tokens
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.model.window_qformer import WHISPER_FRAMES_PER_30S, WindowQFormer
+from salmonn_pl.generation.generate import generate
 
 AnswerSource = Literal["generated", "reference"]
 
@@ -229,7 +231,7 @@ def profile_batch(
 
     ``answers="generated"`` lets the model answer first (``generation`` settings, official defaults
     when ``None``) and teacher-forces its own answer; ``"reference"`` teacher-forces ``batch["text"]``
-    (the golden answer). Each row's encoder ablation is its variant's (``meta["ablation"]``); rows of
+    (the golden answer). Each row's encoder ablation is its variant's (``meta["variant_params"]["ablation"]``); rows of
     a text-only variant (``no_audio``) have no audio to attend to and are left out.
     """
     if model.training:
@@ -249,7 +251,7 @@ def profile_batch(
 
     eos = model.tokenizer.eos_token_id
     if answers == "generated":
-        decoded = model.generate(prompts, audio_tokens, generation or GenerationSettings(), "left")
+        decoded = generate(model, prompts, audio_tokens, generation or GenerationSettings(), "left")
         answer_ids = [strip_eos(seq, eos) for seq in decoded.sequences]
     else:
         answer_ids = [strip_eos(model.target_ids(batch["text"][i]), eos) for i in rows]
@@ -296,7 +298,7 @@ def profile_batch(
 
 def _row_ablations(ids: list[str], metas: list[Mapping[str, Any]]) -> list[str]:
     known = get_args(Ablation)
-    ablations = [str(meta.get("ablation", "none")) for meta in metas]
+    ablations = [str((meta.get("variant_params") or {}).get("ablation", "none")) for meta in metas]
     for row_id, ablation in zip(ids, ablations):
         if ablation not in known:
             raise ValueError(f"example {row_id!r}: meta ablation {ablation!r} is not one of {list(known)}")
@@ -316,11 +318,9 @@ def _encode_rows(
     frames: list[torch.Tensor | None] = [None] * len(rows)
     for ablation, members in groups.items():
         index = torch.tensor([rows[k] for k in members], dtype=torch.long)
-        audio = {
-            key: batch[key].index_select(0, index).to(device) if isinstance(batch.get(key), torch.Tensor) else None
-            for key in ("spectrogram", "raw_wav", "padding_mask", "wav_lengths")
-        }
-        out = model.encode_audio(**audio, ablation=ablation, output_attentions=True)
+        audio = AudioBatch(*(t.index_select(0, index).to(device) if isinstance(t, torch.Tensor) else None
+                             for t in AudioBatch.of(batch).tensors()))
+        out = model.encode_audio(audio, ablation=ablation, output_attentions=True)
         # The long-audio path returns one token tensor per clip and no Q-Former weights.
         maps = _window_frame_maps(out["cross_attentions"], len(members)) if out.get("cross_attentions") else None
         for j, k in enumerate(members):

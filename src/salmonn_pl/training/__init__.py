@@ -5,9 +5,9 @@
 * :mod:`.schedule`: the official AdamW with linear warm-up then cosine decay, stepped per optimiser step.
 * :mod:`.checkpointing`: checkpoints hold the trainable weights, the ``[PAD]`` rows, optimiser and
   scheduler state and plain hyperparameters; they resume with ``--ckpt_path`` and load as ``model.model.ckpt``.
-* :mod:`.resumable` and :mod:`.rng`: what makes a resumed run repeat an uninterrupted one exactly (the
-  position in the epoch's data order; dropout masks drawn per rank, epoch and batch from the run's seed).
-* :mod:`.activation`: data for activation tuning (``configs/activation.yaml``).
+* :mod:`salmonn_pl.data.resumable` and :mod:`.rng`: what makes a resumed run repeat an uninterrupted one
+  exactly (the position in the epoch's data order; dropout masks drawn per rank, epoch and batch from the run's seed).
+* :mod:`salmonn_pl.data.activation`: data for activation tuning (``configs/activation.yaml``).
 * :mod:`.divergence`: the fit stops at the first non-finite loss or gradient (naming the step), and a
   checkpoint with non-finite trainable weights is refused before it is written.
 

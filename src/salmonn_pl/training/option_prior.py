@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from salmonn_pl.data.annotations import option_letter, parse_answer, parse_question
+from salmonn_pl.data.multiple_choice import answer_position, option_letter, parse_question
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
 
 
@@ -26,17 +26,6 @@ class OptionLikelihoods:
     valid: torch.Tensor  # [Q, K] bool, False on padding
     answers: torch.Tensor  # [Q] position of the correct option, -1 when the target names none
     rows: list[int]  # the batch row of each question
-
-
-def answer_position(target: str, options: list[str]) -> int:
-    """Option position named by a target such as ``"(b) cat"``; -1 if it names no option of the list."""
-    parsed = parse_answer(target)
-    if parsed is None:
-        return -1
-    _, position, text = parsed
-    if position >= len(options) or (text and text != options[position]):
-        return -1
-    return position
 
 
 def text_only_option_logprobs(

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from transformers.audio_utils import mel_filter_bank
 
+from salmonn_pl.audio.load import CHUNK_SAMPLES, SAMPLE_RATE
+
 N_FFT = 400
 HOP_LENGTH = 160
 N_MELS = 80
-N_SAMPLES = 480_000  # 30 s at 16 kHz
-N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000; the STFT's final (3001st) frame is dropped
+N_FRAMES = CHUNK_SAMPLES // HOP_LENGTH  # 3000; the STFT's final (3001st) frame is dropped
 POWER_FLOOR = 1e-10
 LOG_POWER_FLOOR = -10.0  # log10(POWER_FLOOR): the log-mel of a frame of zeros, in float32 and float64
 _HALF = N_FFT // 2  # the centred STFT's reflect padding at each end
@@ -71,7 +72,7 @@ def _mel_filters(dtype: torch.dtype, device: torch.device) -> BandedMatmul:
         num_mel_filters=N_MELS,
         min_frequency=0.0,
         max_frequency=8000.0,
-        sampling_rate=16_000,
+        sampling_rate=SAMPLE_RATE,
         norm="slaney",
         mel_scale="slaney",
     )
@@ -110,7 +111,7 @@ def whisper_log_mel(
         lengths = torch.full((batch,), n, dtype=torch.long)
     # One example at a time: a 30 s STFT already fills the CPU caches, and batching them only thrashes.
     for i in range(batch):
-        length = min(int(lengths[i]), n, N_SAMPLES)
+        length = min(int(lengths[i]), n, CHUNK_SAMPLES)
         _log_mel_one(wavs[i, :length], dtype, out[i])
     return out
 
@@ -177,7 +178,7 @@ def _stft_input(
     if offset == 0:
         padded[:_HALF] = padded[_HALF + 1 : 2 * _HALF + 1].flip(0)
     if frame_stop == N_FRAMES:  # the last kept frame reads past the end of the 30 s signal
-        edge = N_SAMPLES + _HALF - offset
+        edge = CHUNK_SAMPLES + _HALF - offset
         overhang = span - edge
         padded[edge:] = padded[edge - 1 - overhang : edge - 1].flip(0)
     return padded

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from salmonn_pl.data.features import BandedMatmul, nonzero_span
+from salmonn_pl.audio.features import BandedMatmul, nonzero_span
+from salmonn_pl.audio.load import SAMPLE_RATE
 
 # Kaldi floors log arguments at std::numeric_limits<float>::epsilon() whatever the compute dtype.
 FLOAT32_EPSILON = torch.finfo(torch.float32).eps
@@ -59,7 +60,7 @@ def frame_geometry(sample_frequency: float, frame_length_ms: float, frame_shift_
 
 def num_fbank_frames(
     num_samples: Tensor | int,
-    sample_frequency: float = 16000.0,
+    sample_frequency: float = float(SAMPLE_RATE),
     frame_length_ms: float = 25.0,
     frame_shift_ms: float = 10.0,
 ) -> Tensor | int:
@@ -116,7 +117,7 @@ def kaldi_fbank_batch(
     waveforms: Tensor,
     lengths: Tensor | None = None,
     num_mel_bins: int = 128,
-    sample_frequency: float = 16000.0,
+    sample_frequency: float = float(SAMPLE_RATE),
     frame_length_ms: float = 25.0,
     frame_shift_ms: float = 10.0,
 ) -> tuple[Tensor, Tensor]:
@@ -225,7 +226,7 @@ def _mel_banks(
 def kaldi_fbank(
     waveform: Tensor,
     num_mel_bins: int = 128,
-    sample_frequency: float = 16000.0,
+    sample_frequency: float = float(SAMPLE_RATE),
     frame_length_ms: float = 25.0,
     frame_shift_ms: float = 10.0,
 ) -> Tensor:

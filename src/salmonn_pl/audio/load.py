@@ -20,7 +20,7 @@ import soxr
 
 SAMPLE_RATE = 16_000
 MIN_SAMPLES = SAMPLE_RATE  # the official code zero-pads shorter clips to 1 s
-MAX_SAMPLES = 30 * SAMPLE_RATE  # Whisper sees 30 s; the official code drops the rest
+CHUNK_SAMPLES = 30 * SAMPLE_RATE  # Whisper's window: it sees 30 s; the official code drops the rest
 
 ChannelPolicy = Literal["first", "mean"]
 AudioSource = Union[str, Path, bytes]
@@ -119,4 +119,4 @@ def prepare_official(wav: np.ndarray) -> np.ndarray:
     """Zero-pad to at least 1 s and truncate to 30 s, as the official SALMONN data path does."""
     if len(wav) < MIN_SAMPLES:
         wav = np.concatenate([wav, np.zeros(MIN_SAMPLES - len(wav), dtype=wav.dtype)])
-    return wav[:MAX_SAMPLES]
+    return wav[:CHUNK_SAMPLES]

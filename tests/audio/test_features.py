@@ -7,8 +7,8 @@ from tests.helpers.golden import Golden, assert_close
 from transformers import WhisperFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
 
-from salmonn_pl.data.audio import load_audio, prepare_official
-from salmonn_pl.data.features import BandedMatmul, _mel_filters, frames_reading, nonzero_span, whisper_log_mel
+from salmonn_pl.audio.load import load_audio, prepare_official
+from salmonn_pl.audio.features import BandedMatmul, _mel_filters, frames_reading, nonzero_span, whisper_log_mel
 from salmonn_pl.data.variants import pad_to_duration
 
 

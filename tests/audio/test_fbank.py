@@ -6,7 +6,7 @@ import torch
 from tests.helpers.golden import Golden, assert_close, load_official_wav
 
 from salmonn_pl.model.beats import FBANK_MEAN, FBANK_STD
-from salmonn_pl.model.fbank import (
+from salmonn_pl.audio.fbank import (
     _FbankSteps,
     _mel_banks,
     kaldi_fbank,

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import soundfile as sf
 
+from salmonn_pl.audio.load import SAMPLE_RATE
 from salmonn_pl.data.annotations import Annotation, write_annotations
-from salmonn_pl.data.audio import SAMPLE_RATE
 from salmonn_pl.data.sakura import SakuraQuestion, load_question_audio, read_sakura
 
 # The official SALMONN task name and instruction for audio-based storytelling.

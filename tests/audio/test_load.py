@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from tests.helpers.golden import Golden
 
-from salmonn_pl.data.audio import MAX_SAMPLES, MIN_SAMPLES, AudioError, load_audio, prepare_official
+from salmonn_pl.audio.load import CHUNK_SAMPLES, MIN_SAMPLES, AudioError, load_audio, prepare_official
 
 
 def test_golden_lengths_match_official_path(golden: Golden):
@@ -27,8 +27,8 @@ def test_prepare_official_pads_with_zeros_and_truncates():
     np.testing.assert_array_equal(padded[:3000], short)
     assert not padded[3000:].any()
 
-    long = rng.uniform(-1, 1, MAX_SAMPLES + 12345)
-    np.testing.assert_array_equal(prepare_official(long), long[:MAX_SAMPLES])
+    long = rng.uniform(-1, 1, CHUNK_SAMPLES + 12345)
+    np.testing.assert_array_equal(prepare_official(long), long[:CHUNK_SAMPLES])
 
     middle = rng.uniform(-1, 1, 50_000)
     np.testing.assert_array_equal(prepare_official(middle), middle)
