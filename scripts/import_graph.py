@@ -9,7 +9,7 @@ packages sharing a layer do not import each other)::
     model       model/
     generation  generation/
     uses        eval/, training/, probes/
-    top         lit_module, cli, cli_settings, callbacks
+    top         lit_module, cli, cli_settings, callbacks, probe_cli
 
     python scripts/import_graph.py              # the graph as mermaid; exit 1 on an upward import
     python scripts/import_graph.py --format text
@@ -37,7 +37,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("model",)),
     ("generation", ("generation",)),
     ("uses", ("eval", "training", "probes")),
-    ("top", ("lit_module", "cli", "cli_settings", "callbacks")),
+    ("top", ("lit_module", "cli", "cli_settings", "callbacks", "probe_cli")),
 ]
 # Top-level modules may import one another (the CLI is built from the module); packages of one layer may not.
 PEERS_MAY_IMPORT = {"base", "top"}

@@ -45,7 +45,7 @@ def test_config_parses(config, capsys):
 
 @pytest.mark.parametrize("config", PROBE_CONFIGS, ids=lambda p: p.name)
 def test_probe_config_parses(config, capsys):
-    from salmonn_pl.probes.run import main as probe_main
+    from salmonn_pl.probe_cli import main as probe_main
 
     with pytest.raises(SystemExit) as done:
         probe_main(["--config", str(config), "--print_config"])
@@ -198,7 +198,7 @@ def test_every_recipe_composes_with_tiny_yaml(config, monkeypatch):
 
 @pytest.mark.parametrize("config", PROBE_CONFIGS, ids=lambda p: p.name)
 def test_probe_recipe_composes_with_tiny_yaml(config, capsys, monkeypatch):
-    from salmonn_pl.probes.run import main as probe_main
+    from salmonn_pl.probe_cli import main as probe_main
 
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit):
@@ -209,7 +209,7 @@ def test_probe_recipe_composes_with_tiny_yaml(config, capsys, monkeypatch):
 
 def test_probe_reads_a_test_recipe(capsys, monkeypatch):
     """One file serves `salmonn-pl test` and `salmonn-pl-probe`: the probe parses a test recipe."""
-    from salmonn_pl.probes.run import main as probe_main
+    from salmonn_pl.probe_cli import main as probe_main
 
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit):
@@ -238,7 +238,7 @@ def test_study_recipe_runs_on_cpu_with_tiny_yaml(name, tmp_path, monkeypatch):
 
 
 def test_probe_runs_from_a_test_recipe_with_tiny_yaml(tmp_path, monkeypatch):
-    from salmonn_pl.probes.run import main as probe_main
+    from salmonn_pl.probe_cli import main as probe_main
 
     monkeypatch.chdir(REPO)
     out = tmp_path / "probe"

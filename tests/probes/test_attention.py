@@ -23,7 +23,8 @@ from salmonn_pl.probes.attention import (
     window_bounds,
 )
 from salmonn_pl.probes.plots import clip_spans_by_variant, write_plots
-from salmonn_pl.probes.run import SUMMARY_COLUMNS, log_to_wandb, main
+from salmonn_pl.probe_cli import main
+from salmonn_pl.probes.run import SUMMARY_COLUMNS, log_to_wandb
 
 SR = 16000
 TEMPLATE = "USER: <Speech><SpeechHere></Speech> {}\nASSISTANT:"
