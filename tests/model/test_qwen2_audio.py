@@ -167,6 +167,8 @@ def test_prompt_is_the_instruct_chat_template(qwen):
 def test_audio_token_positions_and_seconds(qwen, reference, items):
     _, processor = reference
     batch = qwen.batch([q for q, _, _ in items], [a for _, _, a in items])
+    # Left padding: every prompt ends at the last column, the shorter ones start later.
+    assert bool(batch.attention_mask[:, -1].all()) and not bool(batch.attention_mask[:, 0].all())
     bos, eos = qwen.tokenizer.convert_tokens_to_ids(["<|audio_bos|>", "<|audio_eos|>"])
     spans = qwen.audio_spans(batch)
     for row, (q, _, audio), positions, (span_positions, seconds) in zip(batch.input_ids, items, batch.audio_positions, spans):
