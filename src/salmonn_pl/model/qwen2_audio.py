@@ -1,0 +1,300 @@
+"""Qwen2-Audio as a second model family for the SAKURA study.
+
+What the study needs from a model, on top of transformers' ``Qwen2AudioForConditionalGeneration`` and
+``Qwen2AudioProcessor`` loaded from a directory in the official format (``Qwen/Qwen2-Audio-7B-Instruct``
+or ``write_tiny_qwen2_audio``):
+
+1. a prompt in the family's own chat template, for a question with a clip or text only,
+2. the batch: Whisper log-mel features of 16 kHz clips (the processor's feature extractor: 128 mel bins,
+   100 frames per second, padded to its 30 s window, which is also the limit of the encoder), the
+   template's single ``<|AUDIO|>`` expanded by the processor into one token per 40 ms, left padding,
+3. where the audio sits in the token sequence and which seconds of the clip each audio token covers,
+4. batched generation (greedy or beam search) that gives every question the answer it gets alone,
+5. the log-likelihood of a given answer text after the prompt, to score options,
+6. LoRA on the LLM's query and value projections through peft.
+
+The merge of audio embeddings into the text embeddings, the encoder and the LLM are transformers' own
+code: this module only prepares what goes in and reads what comes out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+SAMPLE_RATE = 16_000
+# The encoder's 1500 positions after the stride-2 convolution hold 3000 mel frames of 10 ms: 30 s.
+MAX_AUDIO_SECONDS = 30.0
+# 100 mel frames per second -> stride-2 convolution -> stride-2 average pooling: 25 tokens per second.
+AUDIO_TOKENS_PER_SECOND = 25
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+Waveform = np.ndarray | torch.Tensor
+
+
+@dataclass
+class Qwen2AudioBatch:
+    """Left-padded model inputs for a batch of questions, and where each question's audio tokens are."""
+
+    input_ids: torch.Tensor  # (batch, tokens), left padded
+    attention_mask: torch.Tensor  # (batch, tokens), 0 on the padding
+    input_features: torch.Tensor | None  # (clips, 128, 3000) log-mel, one row per question that has audio
+    feature_attention_mask: torch.Tensor | None  # (clips, 3000), 1 on the clip's frames
+    audio_positions: list[torch.Tensor]  # per question: indices into input_ids of its <|AUDIO|> tokens
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.input_features is not None:
+            inputs["input_features"] = self.input_features
+            inputs["feature_attention_mask"] = self.feature_attention_mask
+        return inputs
+
+    def to(self, device: torch.device | str) -> Qwen2AudioBatch:
+        def move(t):
+            return None if t is None else t.to(device)
+
+        return Qwen2AudioBatch(
+            move(self.input_ids),
+            move(self.attention_mask),
+            move(self.input_features),
+            move(self.feature_attention_mask),
+            [p.to(device) for p in self.audio_positions],
+        )
+
+
+@dataclass
+class Qwen2AudioGeneration:
+    """Generated answers: new token ids (up to, without, the first end-of-turn token) and their text."""
+
+    token_ids: list[list[int]]
+    texts: list[str]
+    finished: list[bool]  # whether an end token stopped the answer (False: max_new_tokens cut it)
+
+
+def audio_token_seconds(num_tokens: int) -> torch.Tensor:
+    """(num_tokens, 2) start and end second of the clip covered by each audio token (40 ms each)."""
+    starts = torch.arange(num_tokens, dtype=torch.float64) / AUDIO_TOKENS_PER_SECOND
+    return torch.stack([starts, starts + 1.0 / AUDIO_TOKENS_PER_SECOND], dim=1)
+
+
+def _as_waveform(audio: Waveform, index: int) -> np.ndarray:
+    """A 1-D float32 numpy clip; the study's clips are 16 kHz mono, longer than 30 s is an error."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    audio = np.asarray(audio)
+    if audio.ndim != 1 or not np.issubdtype(audio.dtype, np.floating):
+        raise ValueError(
+            f"audio[{index}]: expected a 1-D float waveform at {SAMPLE_RATE} Hz, got dtype {audio.dtype} and shape {audio.shape}"
+        )
+    if audio.size == 0:
+        raise ValueError(f"audio[{index}]: empty waveform")
+    seconds = audio.size / SAMPLE_RATE
+    if seconds > MAX_AUDIO_SECONDS:
+        # The feature extractor would silently cut the clip to its first 30 s.
+        raise ValueError(
+            f"audio[{index}]: {seconds:.2f} s is longer than Qwen2-Audio's {MAX_AUDIO_SECONDS:.0f} s audio window "
+            f"({int(MAX_AUDIO_SECONDS * SAMPLE_RATE)} samples at {SAMPLE_RATE} Hz)"
+        )
+    return audio.astype(np.float32, copy=False)
+
+
+class Qwen2Audio(torch.nn.Module):
+    """A Qwen2-Audio checkpoint with the processor it was released with."""
+
+    def __init__(self, model: Qwen2AudioForConditionalGeneration, processor: Qwen2AudioProcessor):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.audio_token_id = processor.audio_token_id
+        if model.config.audio_token_id != self.audio_token_id:
+            raise ValueError(
+                f"config.json audio_token_index {model.config.audio_token_id} is not the processor's "
+                f"{processor.audio_token} id {self.audio_token_id}"
+            )
+        # Ends of an answer: the checkpoint's generation eos ids (Instruct: <|im_end|> and <|endoftext|>).
+        eos = model.generation_config.eos_token_id
+        self.eos_token_ids = set([eos] if isinstance(eos, int) else (eos or []))
+        self.pad_token_id = self.tokenizer.pad_token_id
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32", device: str = "cpu") -> Qwen2Audio:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)}")
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json, not a Qwen2-Audio directory")
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
+        processor = Qwen2AudioProcessor.from_pretrained(path)
+        return cls(model, processor)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    # ---- 1. prompt -------------------------------------------------------------------------------
+    def prompt(self, question: str, with_audio: bool = True, system: str | None = None) -> str:
+        """The chat-template text of one user turn (clip first, as in the model card) and the assistant cue.
+
+        ``system=None`` keeps the template's default system turn ("You are a helpful assistant.").
+        """
+        content = [{"type": "text", "text": question}]
+        if with_audio:
+            # The template only looks at the key; the clip itself goes to the processor.
+            content.insert(0, {"type": "audio", "audio_url": "clip"})
+        conversation = [{"role": "user", "content": content}]
+        if system is not None:
+            conversation.insert(0, {"role": "system", "content": system})
+        return self.processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+
+    # ---- 2. batch --------------------------------------------------------------------------------
+    def audio_features(self, audios: Sequence[Waveform]) -> dict[str, torch.Tensor]:
+        """Log-mel features of 16 kHz clips, padded to the 30 s window, and their frame masks."""
+        clips = [_as_waveform(a, i) for i, a in enumerate(audios)]
+        features = self.processor.feature_extractor(
+            clips, sampling_rate=SAMPLE_RATE, padding="max_length", return_attention_mask=True, return_tensors="pt"
+        )
+        return {"input_features": features["input_features"], "feature_attention_mask": features["attention_mask"]}
+
+    def batch(
+        self, questions: Sequence[str], audios: Sequence[Waveform | None] | None = None, system: str | None = None
+    ) -> Qwen2AudioBatch:
+        """Tokenised, left-padded prompts; ``audios[i] = None`` (or ``audios=None``) asks text only."""
+        audios = list(audios) if audios is not None else [None] * len(questions)
+        if len(audios) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(audios)} audios")
+        texts = [self.prompt(q, with_audio=a is not None, system=system) for q, a in zip(questions, audios)]
+        clips = [_as_waveform(a, i) for i, a in enumerate(audios) if a is not None]
+        inputs = self.processor(
+            text=texts,
+            audio=clips or None,
+            sampling_rate=SAMPLE_RATE,
+            padding=True,
+            padding_side="left",
+            return_tensors="pt",
+        )
+        positions = [torch.nonzero(row == self.audio_token_id).flatten() for row in inputs["input_ids"]]
+        batch = Qwen2AudioBatch(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            input_features=inputs.get("input_features") if clips else None,
+            feature_attention_mask=inputs.get("feature_attention_mask") if clips else None,
+            audio_positions=positions,
+        )
+        return batch.to(self.device)
+
+    # ---- 3. audio tokens -------------------------------------------------------------------------
+    @staticmethod
+    def num_audio_tokens(num_samples: int) -> int:
+        """Audio tokens for a clip of ``num_samples`` at 16 kHz (at most 750, for 30 s)."""
+        frames = min(-(-num_samples // 160), int(MAX_AUDIO_SECONDS * 100))  # 10 ms hop, the frame mask's count
+        after_conv = (frames - 1) // 2 + 1
+        return (after_conv - 2) // 2 + 1
+
+    def audio_spans(self, batch: Qwen2AudioBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per question: the audio token positions and the (start, end) seconds each one covers."""
+        return [(p, audio_token_seconds(len(p))) for p in batch.audio_positions]
+
+    # ---- 4. generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        questions: Sequence[str],
+        audios: Sequence[Waveform | None] | None = None,
+        num_beams: int = 1,
+        max_new_tokens: int = 64,
+        repetition_penalty: float = 1.0,
+        length_penalty: float = 1.0,
+        system: str | None = None,
+    ) -> Qwen2AudioGeneration:
+        """Deterministic decoding (greedy for ``num_beams=1``) of a left-padded batch with transformers' generate.
+
+        Sampling settings of the checkpoint's generation_config are switched off so that an answer
+        depends on its question only.
+        """
+        batch = self.batch(questions, audios, system=system)
+        output = self.model.generate(
+            **batch.model_inputs(),
+            do_sample=False,
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=repetition_penalty,
+            length_penalty=length_penalty,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
+        new_tokens = output[:, batch.input_ids.shape[1] :].tolist()
+        token_ids, finished = [], []
+        for row in new_tokens:
+            end = next((i for i, t in enumerate(row) if t in self.eos_token_ids), None)
+            token_ids.append(row if end is None else row[:end])
+            finished.append(end is not None)
+        texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+        return Qwen2AudioGeneration(token_ids=token_ids, texts=texts, finished=finished)
+
+    # ---- 5. answer log-likelihood ----------------------------------------------------------------
+    def answer_token_ids(self, answer: str) -> list[int]:
+        ids = self.tokenizer(answer, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"answer {answer!r} has no tokens")
+        return ids
+
+    def answer_log_likelihood(
+        self,
+        questions: Sequence[str],
+        audios: Sequence[Waveform | None] | None,
+        answers: Sequence[str],
+        system: str | None = None,
+    ) -> torch.Tensor:
+        """(batch,) float64 sum of log p(answer token | prompt, earlier answer tokens) from one forward.
+
+        The answer is tokenised on its own and appended after the assistant cue (the prompt ends with a
+        newline, where Qwen2's pre-tokenizer splits anyway), so the scored tokens are exactly the
+        answer's: [left padding | prompt | answer | right padding].
+        """
+        if len(answers) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+        batch = self.batch(questions, audios, system=system)
+        answer_ids = [self.answer_token_ids(a) for a in answers]
+        longest = max(len(a) for a in answer_ids)
+        size, prompt_len = batch.input_ids.shape
+        tail = torch.full((size, longest), self.pad_token_id, dtype=torch.long)
+        tail_mask = torch.zeros((size, longest), dtype=torch.long)
+        for i, ids in enumerate(answer_ids):
+            tail[i, : len(ids)] = torch.tensor(ids)
+            tail_mask[i, : len(ids)] = 1
+        input_ids = torch.cat([batch.input_ids, tail.to(self.device)], dim=1)
+        attention_mask = torch.cat([batch.attention_mask, tail_mask.to(self.device)], dim=1)
+        # Positions count real tokens only, as generate does for left padding.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = batch.model_inputs() | {"input_ids": input_ids, "attention_mask": attention_mask}
+        logits = self.model(**inputs, position_ids=position_ids).logits
+        # The token at position t is predicted by the logits at t - 1.
+        log_probs = logits[:, prompt_len - 1 : -1].double().log_softmax(-1)
+        tail = tail.to(self.device)
+        picked = log_probs.gather(-1, tail.unsqueeze(-1)).squeeze(-1)
+        return (picked * tail_mask.to(self.device)).sum(-1)
+
+    # ---- 6. LoRA ---------------------------------------------------------------------------------
+    def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, targets: Sequence[str] = ("q_proj", "v_proj")):
+        """LoRA adapters (B = 0: the model's outputs are unchanged) on the LLM's projections only.
+
+        The audio encoder's attention has projections of the same names; the pattern keeps them out.
+        Returns the peft model (save_pretrained writes the adapter); ``self.model`` holds the adapted layers.
+        """
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            target_modules=rf".*language_model\.layers\.\d+\.self_attn\.({'|'.join(targets)})",
+        )
+        return get_peft_model(self.model, config)
