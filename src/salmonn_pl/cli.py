@@ -171,12 +171,22 @@ def cpu_warnings(config: Namespace, cuda_available: bool, cpu_count: int | None)
     return messages
 
 
+def max_audio_seconds(model: Any) -> float:
+    """``model.model.max_audio_seconds`` of whichever family's config ``model.model`` holds (a dataclass,
+    or its parsed form: a mapping, possibly ``{class_path, init_args}``)."""
+    if hasattr(model, "max_audio_seconds"):
+        return model.max_audio_seconds
+    values = model.as_dict() if isinstance(model, Namespace) else dict(model or {})
+    values = values.get("init_args", values)
+    return values.get("max_audio_seconds", 30.0)
+
+
 class SalmonnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Reports and W&B name the run after its output directory unless told otherwise.
         parser.link_arguments("model.output_dir", "trainer.default_root_dir")
         # The audio the data keeps is the audio the model encodes: set once, as model.model.max_audio_seconds.
-        parser.link_arguments("model.model.max_audio_seconds", "data.init_args.max_audio_seconds")
+        parser.link_arguments("model.model", "data.init_args.max_audio_seconds", compute_fn=max_audio_seconds)
 
     def parse_arguments(self, parser, args) -> None:
         super().parse_arguments(parser, args)

@@ -23,19 +23,31 @@ from lightning.pytorch.cli import LightningArgumentParser
 from salmonn_pl.settings_check import SettingError
 
 
-def _dataclass_of(hint: Any) -> type | None:
-    """The dataclass named by ``hint`` (``X`` or ``X | None``), else ``None``."""
+def _dataclass_of(hint: Any, value: Any = None) -> type | None:
+    """The dataclass named by ``hint`` (``X``, ``X | None``, or ``X | Y``: the one ``value`` is, by its
+    ``class_path`` or its keys), else ``None``."""
     if dataclasses.is_dataclass(hint):
         return hint
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return next((arm for arm in typing.get_args(hint) if dataclasses.is_dataclass(arm)), None)
+        arms = [arm for arm in typing.get_args(hint) if dataclasses.is_dataclass(arm)]
+        if len(arms) > 1 and isinstance(value, Mapping):
+            path = str(value.get("class_path") or "")
+            keys = set((value.get("init_args") or {}) if path else value)
+            for arm in arms:
+                if path and path.rsplit(".", 1)[-1] == arm.__name__:
+                    return arm
+                if not path and keys <= {f.name for f in dataclasses.fields(arm)}:
+                    return arm
+        return arms[0] if arms else None
     return None
 
 
 def build_setting(hint: Any, value: Any) -> Any:
     """``value`` from a parsed config as what ``hint`` names: dataclasses (nested ones too) are built,
     which runs their checks; anything else is returned as it is."""
-    cls = _dataclass_of(hint)
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    cls = _dataclass_of(hint, value)
     if cls is None or not isinstance(value, Mapping):
         return value
     if "class_path" in value:  # the long form {class_path, init_args}
@@ -48,18 +60,27 @@ def build_setting(hint: Any, value: Any) -> Any:
 def check_module_settings(model: Namespace | Mapping | None) -> None:
     """Build every settings argument of :class:`~salmonn_pl.lit_module.SalmonnModule` found in the parsed
     ``model`` section and check its other numeric arguments; raises :class:`SettingError`."""
-    from salmonn_pl.lit_module import SalmonnModule, check_module_arguments
+    from salmonn_pl.lit_module import SalmonnModule, check_family_arguments, check_module_arguments
 
     if model is None:
         return
     values = model.as_dict() if isinstance(model, Namespace) else dict(model)
     hints = typing.get_type_hints(SalmonnModule.__init__)
+    built = {}
     for name, value in values.items():
-        if name in hints and _dataclass_of(hints[name]) is not None:
+        if name in hints and _dataclass_of(hints[name], value) is not None:
             try:
-                build_setting(hints[name], value)
+                built[name] = build_setting(hints[name], value)
             except TypeError:  # a required field still unset (e.g. printing a config template): nothing to check
                 pass
+    if "model" in built:
+        decoder = values.get("decoder")
+        path = decoder.get("class_path") if isinstance(decoder, Mapping) else decoder
+        check_family_arguments(
+            built["model"], values.get("ablation", "none"), values.get("padding_side", "left"),
+            values.get("lora_scale", 1.0), built.get("logits_processors"), values.get("format_forcing"),
+            _class(path) if isinstance(path, str) else None,
+        )
     _build_decoder(values.get("decoder"))
     names = inspect.signature(check_module_arguments).parameters
     check_module_arguments(**{name: value for name, value in values.items() if name in names and value is not None})
@@ -78,6 +99,15 @@ def _build_decoder(value: Any) -> None:
             cls(**(value.get("init_args") or {}))
         except TypeError:  # an argument still unset (a config template): nothing to check
             pass
+
+
+def _class(path: str) -> type | None:
+    """The class a parsed ``class_path`` names (``None`` when it cannot be imported here)."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def exit_on_setting_error(model: Namespace | Mapping | None) -> None:

@@ -35,8 +35,10 @@ from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model import audio_encoding
 from salmonn_pl.model.audio_encoding import CarriedAudioTokens
+from salmonn_pl.model.family import AudioLLM, FamilyQuestion
+from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
-from salmonn_pl.settings_check import at_least, require
+from salmonn_pl.settings_check import SettingError, at_least, require
 from salmonn_pl.training.checkpointing import (
     check_trainable_state,
     plain,
@@ -79,7 +81,7 @@ class BrokenRun(RuntimeError):
 class SalmonnModule(L.LightningModule):
     def __init__(
         self,
-        model: SalmonnConfig,
+        model: SalmonnConfig | Qwen2AudioConfig,
         generation: GenerationSettings | None = None,
         logits_processors: LogitsProcessorSettings | None = None,
         decoder: Decoder | None = None,
@@ -96,7 +98,8 @@ class SalmonnModule(L.LightningModule):
     ):
         """
         Args:
-            model: the SALMONN files and architecture options.
+            model: the SALMONN files and architecture options, or another model family's
+                (``Qwen2AudioConfig``: ``qwen2_audio_path`` names a Qwen2-Audio checkpoint).
             generation: decoding settings (defaults = the official decode config).
             logits_processors: transformers logits processors applied while decoding.
             decoder: how answers are produced, with its settings (:mod:`salmonn_pl.generation.decoder`):
@@ -136,16 +139,43 @@ class SalmonnModule(L.LightningModule):
         self.optim = optim or OptimSettings()
         self.dropout_seed = dropout_seed
         self.salmonn: Salmonn | None = None
+        self.family_model: AudioLLM | None = None  # a model family other than SALMONN (model/family.py)
         self.carried_audio = CarriedAudioTokens()  # the previous evaluation batch's audio tokens
         self.output_lock = OutputDirLock(self.output_dir)  # held by rank 0 while testing
         # Lightning checkpoints hold only the trainable weights (see on_save_checkpoint).
         self.strict_loading = False
 
+    @property
+    def family(self) -> str:
+        """The model family's name, as reports show it."""
+        config = self.model_config
+        return config.model_class.family if isinstance(config, Qwen2AudioConfig) else "SALMONN"
+
     def configure_model(self) -> None:
+        if isinstance(self.model_config, Qwen2AudioConfig):
+            if self.family_model is None:
+                self.check_family_settings()
+                self.family_model = self.model_config.build()
+            return
         if self.salmonn is None:
             self.salmonn = Salmonn(self.model_config)
             if self.lora_scale != 1.0:
                 set_lora_scale(self.salmonn.llm, self.lora_scale)
+
+    def check_family_settings(self, datamodule=None) -> None:
+        """:func:`check_family_arguments`, and the data module's variants against the family."""
+        check_family_arguments(self.model_config, self.ablation, self.padding_side, self.lora_scale,
+                               self.processor_settings, self.format_forcing, self.decoder)
+        for variant in getattr(datamodule, "variants", None) or ():
+            self.model_config.model_class.check_variant(variant.name, variant.params())
+
+    def setup(self, stage: str) -> None:
+        if not isinstance(self.model_config, Qwen2AudioConfig):
+            return
+        if stage == "fit":
+            raise ValueError(f"salmonn-pl fit trains SALMONN; fine-tuning {self.family} is not available yet "
+                             "(model.model is a Qwen2AudioConfig)")
+        self.check_family_settings(getattr(self.trainer, "datamodule", None) if self._trainer else None)
 
     # -- shared ------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> SalmonnModule:
@@ -298,6 +328,10 @@ class SalmonnModule(L.LightningModule):
         A row whose scores or logits were not finite (NaN/inf: a broken model) also gets ``"error"``:
         its response is no answer and must not be judged.
         """
+        if self.family_model is not None:
+            ids = list(batch["id"])
+            return self.decoder.answer_family(self.family_model, family_questions(batch, self.row_ablations(batch, ablation)),
+                                              ids, self.generation)
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
         questions = questions_of(batch)
@@ -460,6 +494,32 @@ def _dataset_size(dataloaders) -> int | None:
         return None
 
 
+def check_family_arguments(model, ablation: str = "none", padding_side: str = "left", lora_scale: float = 1.0,
+                           logits_processors=None, format_forcing=None, decoder=None) -> None:
+    """Settings written for SALMONN that a family of :mod:`salmonn_pl.model.family` cannot follow raise
+    :class:`~salmonn_pl.settings_check.SettingError` naming the setting, before the model loads."""
+    family = getattr(model, "model_class", None)
+    if family is None:  # SALMONN
+        return
+    if ablation not in family.ablations:
+        raise SettingError(f"ablation {ablation!r} has no meaning for {family.family}, which has one audio encoder; "
+                           f"choose one of {list(family.ablations)}")
+    unsupported = {
+        "padding_side": padding_side != "left",  # the family's processor pads on the left
+        "lora_scale": lora_scale != 1.0,
+        "logits_processors": logits_processors not in (None, LogitsProcessorSettings()),
+        "format_forcing": format_forcing is not None,
+    }
+    named = [name for name, is_set in unsupported.items() if is_set]
+    if named:
+        raise SettingError(f"{', '.join(named)}: SALMONN-only setting(s), not available with {family.family}; "
+                           "leave them at their defaults")
+    decoder_class = decoder if isinstance(decoder, type) or decoder is None else type(decoder)
+    if decoder_class is not None and decoder_class.answer_family is Decoder.answer_family:
+        raise SettingError(f"decoder {decoder_class.__name__} works on SALMONN's audio tokens; with "
+                           f"{family.family} use Generate or OptionScoring")
+
+
 def check_module_arguments(lora_scale: float = 1.0) -> None:
     """The numeric arguments of :class:`SalmonnModule` that no settings dataclass checks."""
     require(at_least(lora_scale, 0), "lora_scale", lora_scale, "a finite number >= 0")
@@ -469,6 +529,19 @@ def questions_of(batch: dict) -> list[str]:
     """The question each row's prompt shows (SAKURA meta ``question``, annotation meta ``instruction``)."""
     metas = batch.get("meta") or [{}] * len(batch["prompt"])
     return [meta.get("question") or meta.get("instruction", "") for meta in metas]
+
+
+def family_questions(batch: dict, ablations: list[str]) -> list[FamilyQuestion]:
+    """The batch's rows as :class:`~salmonn_pl.model.family.FamilyQuestion`: the question shown, the clip
+    as the variant made it (before SALMONN's pad-to-1 s), the caption control's caption, the ablation."""
+    metas = batch.get("meta") or [{}] * len(batch["prompt"])
+    questions = []
+    for row, (text, meta, ablation) in enumerate(zip(questions_of(batch), metas, ablations)):
+        caption = meta.get("caption")
+        hears = ablation != "no_audio" and caption is None
+        clip = batch["raw_wav"][row, : int(batch["clip_lengths"][row])] if hears else None
+        questions.append(FamilyQuestion(text=text, clip=clip, caption=caption, zero_audio=ablation == "zero_audio"))
+    return questions
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

@@ -37,6 +37,9 @@ class Batch(TypedDict):
     raw_wav: torch.Tensor  # float64 [B, Nmax] right-padded with 0, each padded to >= 1 s, cut at 30 s
     padding_mask: torch.Tensor  # bool [B, Nmax], True on padding
     wav_lengths: torch.Tensor  # int64 [B]
+    # int64 [B]: samples of each clip as the variant made it, cut at max_seconds, before the official
+    # pad-to-1 s (raw_wav[i, :clip_lengths[i]] is the clip a family with its own processor hears).
+    clip_lengths: torch.Tensor
     prompt: list[str]
     text: list[str]
     id: list[str]
@@ -92,6 +95,7 @@ class SpeechCollator:
             _check_example(example)
 
         wavs = [self._prepare(np.asarray(example["audio"], dtype=np.float64)) for example in examples]
+        clip_lengths = torch.tensor([min(len(example["audio"]), self.max_samples) for example in examples])
         same_audio = first_row_with_same_audio([example["meta"].get("audio_key") for example in examples])
         _check_same_audio(examples, wavs, same_audio)
         wav_lengths = torch.tensor([len(wav) for wav in wavs], dtype=torch.long)
@@ -115,6 +119,7 @@ class SpeechCollator:
             raw_wav=raw_wav,
             padding_mask=padding_mask,
             wav_lengths=wav_lengths,
+            clip_lengths=clip_lengths,
             prompt=[example["prompt"] for example in examples],
             text=[example["text"] for example in examples],
             id=[example["id"] for example in examples],

@@ -22,7 +22,8 @@ from salmonn_pl.generation.decode import DecodeOutput, GenerationSettings
 from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, Query, TokenVectors, diverse_beam_generate
 from salmonn_pl.generation.generate import generate
 from salmonn_pl.generation.nonfinite import NonFiniteLogits
-from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_options
+from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_family_options, score_options
+from salmonn_pl.model.family import AudioLLM, DecodingRequest, FamilyQuestion
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn
 from salmonn_pl.settings_check import SettingError
 
@@ -64,6 +65,14 @@ class Decoder(ABC):
     @abstractmethod
     def answer(self, model: Salmonn, inputs: DecodeInputs) -> list[dict]: ...
 
+    def answer_family(self, model: AudioLLM, questions: list[FamilyQuestion], ids: list[str],
+                      generation: GenerationSettings, logits_processors: Sequence[LogitsProcessor] = ()) -> list[dict]:
+        """:meth:`answer` for a model family of :mod:`salmonn_pl.model.family` (whole questions, not audio tokens)."""
+        raise ValueError(
+            f"model.decoder {type(self).__name__} works on SALMONN's audio tokens; with {model.family} use "
+            "Generate or OptionScoring"
+        )
+
     def settings(self) -> Any:
         """The typed settings that change this decoder's answers (``None``: none)."""
         return None
@@ -102,6 +111,36 @@ class Generate(TextDecoder):
 
     def sequences(self, model: Salmonn, inputs: DecodeInputs, processors: Sequence[LogitsProcessor]) -> DecodeOutput:
         return generate(model, inputs.prompts, inputs.audio_tokens, inputs.generation, inputs.padding_side, processors)
+
+    def answer_family(self, model: AudioLLM, questions: list[FamilyQuestion], ids: list[str],
+                      generation: GenerationSettings, logits_processors: Sequence[LogitsProcessor] = ()) -> list[dict]:
+        nonfinite = NonFiniteLogits(len(questions))
+        texts = model.generate_answers(questions, decoding_request(generation, model.family),
+                                       [nonfinite, *logits_processors])
+        answers = [{"response": text} for text in texts]
+        for i in nonfinite.items:
+            answers[i]["error"] = NON_FINITE_ERROR
+        return answers
+
+
+def decoding_request(generation: GenerationSettings, family: str) -> DecodingRequest:
+    """``model.generation`` as a family's generate takes it; settings only SALMONN's decoder has are errors."""
+    if generation.num_return_sequences != 1:
+        raise SettingError(f"generation.num_return_sequences must be 1 with {family}, got {generation.num_return_sequences}")
+    if generation.stop_on_first_row_eos:
+        raise SettingError(f"generation.stop_on_first_row_eos (SALMONN's transformers 4.28 batch quirk) has no "
+                           f"meaning for {family}; set it to false")
+    return DecodingRequest(
+        num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens,
+        min_new_tokens=generation.min_length,
+        do_sample=generation.do_sample,
+        temperature=generation.temperature,
+        top_p=generation.top_p,
+        top_k=generation.top_k,
+        repetition_penalty=generation.repetition_penalty,
+        length_penalty=generation.length_penalty,
+    )
 
 
 class DiverseBeam(TextDecoder):
@@ -183,5 +222,11 @@ class OptionScoring(Decoder):
     def answer(self, model: Salmonn, inputs: DecodeInputs) -> list[dict]:
         scores = score_options(model, inputs.prompts, inputs.questions, inputs.audio_tokens, self.option_scoring,
                                inputs.padding_side, ids=inputs.ids)
+        return [{"response": s.choice, "option_scores": s.to_record(), **({"error": s.error} if s.error else {})}
+                for s in scores]
+
+    def answer_family(self, model: AudioLLM, questions: list[FamilyQuestion], ids: list[str],
+                      generation: GenerationSettings, logits_processors: Sequence[LogitsProcessor] = ()) -> list[dict]:
+        scores = score_family_options(model, questions, self.option_scoring, ids=ids)
         return [{"response": s.choice, "option_scores": s.to_record(), **({"error": s.error} if s.error else {})}
                 for s in scores]

@@ -19,13 +19,15 @@ All (question x order x option) rows, with and without audio, go through the LLM
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 
 from salmonn_pl.data.multiple_choice import ParsedQuestion, option_letter, parse_question
 from salmonn_pl.json_values import finite_json
+from salmonn_pl.model.family import AudioLLM, FamilyQuestion
 from salmonn_pl.model.salmonn import PaddingSide, Salmonn
 from salmonn_pl.settings_check import at_least, require
 
@@ -100,17 +102,59 @@ def score_options(
     the questions in error messages.
     """
     settings = settings or OptionScoringSettings()
-    _check(settings)
     if len(prompts) != len(questions):
         raise ValueError(f"score_options got {len(prompts)} prompts but {len(questions)} questions")
+
+    def loglik(rows: list[_Row], with_audio: bool) -> torch.Tensor:
+        return _loglik(salmonn, rows, audio_tokens if with_audio else None, settings, padding_side)
+
+    return _score(prompts, questions, settings, ids, loglik)
+
+
+@torch.no_grad()
+def score_family_options(
+    model: AudioLLM,
+    questions: list[FamilyQuestion],
+    settings: OptionScoringSettings | None = None,
+    ids: list[str] | None = None,
+) -> list[OptionScores]:
+    """:func:`score_options` for a model family of :mod:`salmonn_pl.model.family`: the family builds each
+    prompt from the question shown (its options in each order); calibration asks it text only."""
+    settings = settings or OptionScoringSettings()
+
+    def loglik(rows: list[_Row], with_audio: bool) -> torch.Tensor:
+        values = []
+        for start in range(0, len(rows), settings.max_rows_per_forward):
+            chunk = rows[start : start + settings.max_rows_per_forward]
+            asked = [replace(questions[r.question], text=r.prompt) for r in chunk]
+            if not with_audio:
+                asked = [FamilyQuestion(text=q.text, clip=None) for q in asked]
+            logp, count = model.answer_log_likelihoods(asked, [r.answer for r in chunk], settings.score_end_of_answer)
+            if settings.length_normalization == "mean":
+                logp = logp / count.clamp(min=1)
+            values.append(logp.float().cpu())
+        return torch.cat(values)
+
+    return _score([q.text for q in questions], [q.text for q in questions], settings, ids, loglik)
+
+
+def _score(
+    prompts: list[str],
+    questions: list[str],
+    settings: OptionScoringSettings,
+    ids: list[str] | None,
+    loglik: Callable[[list[_Row], bool], torch.Tensor],
+) -> list[OptionScores]:
+    """The options' rows (every order), their log-likelihoods with audio (and without, when
+    calibrating) from ``loglik(rows, with_audio)``, and the scores per question."""
+    _check(settings)
     names = ids or [f"question {i}" for i in range(len(questions))]
     parsed = [_parse(q, p, name) for q, p, name in zip(questions, prompts, names)]
     rows = _rows(prompts, questions, parsed, settings)
-
-    audio_loglik = _loglik(salmonn, rows, audio_tokens, settings, padding_side)
+    audio_loglik = loglik(rows, True)
     text_loglik = None
     if settings.calibration != "none":
-        text_loglik = _loglik(salmonn, rows, None, settings, padding_side)
+        text_loglik = loglik(rows, False)
 
     results = []
     for q, question in enumerate(parsed):

@@ -19,13 +19,18 @@ code: this module only prepares what goes in and reads what comes out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
-from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+from transformers import LogitsProcessor, LogitsProcessorList, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
+
+from salmonn_pl.model.family import AudioLLM, DecodingRequest, FamilyQuestion
+from salmonn_pl.model.weights import resolve_weight
+from salmonn_pl.settings_check import above, at_least, require
 
 SAMPLE_RATE = 16_000
 # The encoder's 1500 positions after the stride-2 convolution hold 3000 mel frames of 10 ms: 30 s.
@@ -36,6 +41,8 @@ AUDIO_TOKENS_PER_SECOND = 25
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 Waveform = np.ndarray | torch.Tensor
+# The audio part of a user turn in the chat template; SAKURA's caption control puts its caption there.
+AUDIO_SPAN = "<|audio_bos|><|AUDIO|><|audio_eos|>"
 
 
 @dataclass
@@ -104,13 +111,18 @@ def _as_waveform(audio: Waveform, index: int) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
-class Qwen2Audio(torch.nn.Module):
+class Qwen2Audio(AudioLLM):
     """A Qwen2-Audio checkpoint with the processor it was released with."""
 
-    def __init__(self, model: Qwen2AudioForConditionalGeneration, processor: Qwen2AudioProcessor):
+    family = "Qwen2-Audio"
+    max_audio_seconds = MAX_AUDIO_SECONDS
+
+    def __init__(self, model: Qwen2AudioForConditionalGeneration, processor: Qwen2AudioProcessor,
+                 system: str | None = None):
         super().__init__()
         self.model = model
         self.processor = processor
+        self.system = system  # the system turn of every prompt (None: the template's default)
         self.tokenizer = processor.tokenizer
         self.audio_token_id = processor.audio_token_id
         if model.config.audio_token_id != self.audio_token_id:
@@ -124,7 +136,8 @@ class Qwen2Audio(torch.nn.Module):
         self.pad_token_id = self.tokenizer.pad_token_id
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: str = "float32", device: str = "cpu") -> Qwen2Audio:
+    def from_pretrained(cls, path: str | Path, dtype: str = "float32", device: str = "cpu",
+                        system: str | None = None) -> Qwen2Audio:
         if dtype not in DTYPES:
             raise ValueError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)}")
         path = Path(path)
@@ -132,18 +145,24 @@ class Qwen2Audio(torch.nn.Module):
             raise FileNotFoundError(f"{path}: no config.json, not a Qwen2-Audio directory")
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
         processor = Qwen2AudioProcessor.from_pretrained(path)
-        return cls(model, processor)
+        return cls(model, processor, system=system)
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     # ---- 1. prompt -------------------------------------------------------------------------------
-    def prompt(self, question: str, with_audio: bool = True, system: str | None = None) -> str:
+    def prompt(self, question: str, with_audio: bool = True, system: str | None = None, caption: str | None = None) -> str:
         """The chat-template text of one user turn (clip first, as in the model card) and the assistant cue.
 
         ``system=None`` keeps the template's default system turn ("You are a helpful assistant.").
+        ``caption`` (SAKURA's text control) stands where the clip's audio tokens would, and the turn has no audio.
         """
+        if caption is not None:
+            text = self.prompt(question, with_audio=True, system=system)
+            if text.count(AUDIO_SPAN) != 1:
+                raise ValueError(f"the chat template's audio part {AUDIO_SPAN!r} is not in its prompt {text!r}")
+            return text.replace(AUDIO_SPAN, caption)
         content = [{"type": "text", "text": question}]
         if with_audio:
             # The template only looks at the key; the clip itself goes to the processor.
@@ -163,13 +182,23 @@ class Qwen2Audio(torch.nn.Module):
         return {"input_features": features["input_features"], "feature_attention_mask": features["attention_mask"]}
 
     def batch(
-        self, questions: Sequence[str], audios: Sequence[Waveform | None] | None = None, system: str | None = None
+        self,
+        questions: Sequence[str],
+        audios: Sequence[Waveform | None] | None = None,
+        system: str | None = None,
+        captions: Sequence[str | None] | None = None,
     ) -> Qwen2AudioBatch:
-        """Tokenised, left-padded prompts; ``audios[i] = None`` (or ``audios=None``) asks text only."""
+        """Tokenised, left-padded prompts; ``audios[i] = None`` (or ``audios=None``) asks text only,
+        ``captions[i]`` puts a caption where the audio would be (the row must then have no audio)."""
         audios = list(audios) if audios is not None else [None] * len(questions)
-        if len(audios) != len(questions):
-            raise ValueError(f"{len(questions)} questions but {len(audios)} audios")
-        texts = [self.prompt(q, with_audio=a is not None, system=system) for q, a in zip(questions, audios)]
+        captions = list(captions) if captions is not None else [None] * len(questions)
+        if len(audios) != len(questions) or len(captions) != len(questions):
+            raise ValueError(f"{len(questions)} questions but {len(audios)} audios and {len(captions)} captions")
+        if any(a is not None and c is not None for a, c in zip(audios, captions)):
+            raise ValueError("a question has both a clip and a caption; the caption replaces the clip")
+        system = self.system if system is None else system
+        texts = [self.prompt(q, with_audio=a is not None, system=system, caption=c)
+                 for q, a, c in zip(questions, audios, captions)]
         clips = [_as_waveform(a, i) for i, a in enumerate(audios) if a is not None]
         inputs = self.processor(
             text=texts,
@@ -212,24 +241,30 @@ class Qwen2Audio(torch.nn.Module):
         repetition_penalty: float = 1.0,
         length_penalty: float = 1.0,
         system: str | None = None,
+        captions: Sequence[str | None] | None = None,
+        zero_audio: Sequence[bool] | None = None,
+        logits_processors: Sequence[LogitsProcessor] = (),
+        **sampling,
     ) -> Qwen2AudioGeneration:
-        """Deterministic decoding (greedy for ``num_beams=1``) of a left-padded batch with transformers' generate.
+        """Decoding of a left-padded batch with transformers' generate: deterministic (greedy for
+        ``num_beams=1``) unless ``sampling`` sets ``do_sample=True`` (with ``temperature``, ``top_p``,
+        ``top_k``, ``min_new_tokens``).
 
-        Sampling settings of the checkpoint's generation_config are switched off so that an answer
-        depends on its question only.
+        The checkpoint's own sampling settings (generation_config) are switched off so that an answer
+        depends on its question and the given settings only.
         """
-        batch = self.batch(questions, audios, system=system)
-        output = self.model.generate(
-            **batch.model_inputs(),
-            do_sample=False,
-            num_beams=num_beams,
-            max_new_tokens=max_new_tokens,
-            repetition_penalty=repetition_penalty,
-            length_penalty=length_penalty,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-        )
+        batch = self.batch(questions, audios, system=system, captions=captions)
+        knobs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None} | sampling
+        with self.zeroed_audio(zero_audio, audios):
+            output = self.model.generate(
+                **batch.model_inputs(),
+                num_beams=num_beams,
+                max_new_tokens=max_new_tokens,
+                repetition_penalty=repetition_penalty,
+                length_penalty=length_penalty,
+                logits_processor=LogitsProcessorList(logits_processors) if logits_processors else None,
+                **knobs,
+            )
         new_tokens = output[:, batch.input_ids.shape[1] :].tolist()
         token_ids, finished = [], []
         for row in new_tokens:
@@ -238,6 +273,51 @@ class Qwen2Audio(torch.nn.Module):
             finished.append(end is not None)
         texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         return Qwen2AudioGeneration(token_ids=token_ids, texts=texts, finished=finished)
+
+    @contextlib.contextmanager
+    def zeroed_audio(self, zero_audio: Sequence[bool] | None, audios: Sequence[Waveform | None] | None):
+        """Within the block, the projected audio embeddings of the rows flagged in ``zero_audio`` are
+        zeros (the ``zero_audio`` ablation: the LLM gets as many audio tokens, all zero)."""
+        flags = [bool(z) for z, a in zip(zero_audio or (), audios or ()) if a is not None]
+        if not any(flags):
+            yield
+            return
+        zero = torch.tensor(flags)
+
+        def hook(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
+            # One row per clip; generate repeats each clip's row per beam (or sample), consecutively.
+            rows = zero.repeat_interleave(output.shape[0] // len(zero)).to(output.device)
+            return output.masked_fill(rows[:, None, None], 0.0)
+
+        handle = self.model.model.multi_modal_projector.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def generate_answers(
+        self,
+        questions: Sequence[FamilyQuestion],
+        request: DecodingRequest,
+        logits_processors: Sequence[LogitsProcessor] = (),
+    ) -> list[str]:
+        sampling = {"min_new_tokens": request.min_new_tokens or None}
+        if request.do_sample:
+            sampling |= {"do_sample": True, "temperature": request.temperature, "top_p": request.top_p,
+                         "top_k": request.top_k}
+        result = self.generate(
+            [q.text for q in questions],
+            [q.clip for q in questions],
+            num_beams=request.num_beams,
+            max_new_tokens=request.max_new_tokens,
+            repetition_penalty=request.repetition_penalty,
+            length_penalty=request.length_penalty,
+            captions=[q.caption for q in questions],
+            zero_audio=[q.zero_audio for q in questions],
+            logits_processors=logits_processors,
+            **sampling,
+        )
+        return [text.strip() for text in result.texts]
 
     # ---- 5. answer log-likelihood ----------------------------------------------------------------
     def answer_token_ids(self, answer: str) -> list[int]:
@@ -252,8 +332,12 @@ class Qwen2Audio(torch.nn.Module):
         audios: Sequence[Waveform | None] | None,
         answers: Sequence[str],
         system: str | None = None,
+        captions: Sequence[str | None] | None = None,
+        zero_audio: Sequence[bool] | None = None,
+        end_of_answer: bool = False,
     ) -> torch.Tensor:
-        """(batch,) float64 sum of log p(answer token | prompt, earlier answer tokens) from one forward.
+        """(batch,) float64 sum of log p(answer token | prompt, earlier answer tokens) from one forward;
+        with ``end_of_answer`` the ``<|im_end|>`` that closes the model's turn is scored as well.
 
         The answer is tokenised on its own and appended after the assistant cue (the prompt ends with a
         newline, where Qwen2's pre-tokenizer splits anyway), so the scored tokens are exactly the
@@ -261,8 +345,9 @@ class Qwen2Audio(torch.nn.Module):
         """
         if len(answers) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-        batch = self.batch(questions, audios, system=system)
-        answer_ids = [self.answer_token_ids(a) for a in answers]
+        batch = self.batch(questions, audios, system=system, captions=captions)
+        end = [self.end_of_turn_id] if end_of_answer else []
+        answer_ids = [self.answer_token_ids(a) + end for a in answers]
         longest = max(len(a) for a in answer_ids)
         size, prompt_len = batch.input_ids.shape
         tail = torch.full((size, longest), self.pad_token_id, dtype=torch.long)
@@ -275,12 +360,28 @@ class Qwen2Audio(torch.nn.Module):
         # Positions count real tokens only, as generate does for left padding.
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         inputs = batch.model_inputs() | {"input_ids": input_ids, "attention_mask": attention_mask}
-        logits = self.model(**inputs, position_ids=position_ids).logits
+        with self.zeroed_audio(zero_audio, audios):
+            logits = self.model(**inputs, position_ids=position_ids).logits
         # The token at position t is predicted by the logits at t - 1.
         log_probs = logits[:, prompt_len - 1 : -1].double().log_softmax(-1)
         tail = tail.to(self.device)
         picked = log_probs.gather(-1, tail.unsqueeze(-1)).squeeze(-1)
         return (picked * tail_mask.to(self.device)).sum(-1)
+
+    @property
+    def end_of_turn_id(self) -> int:
+        return self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def answer_log_likelihoods(
+        self, questions: Sequence[FamilyQuestion], answers: Sequence[str], end_of_answer: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = self.answer_log_likelihood(
+            [q.text for q in questions], [q.clip for q in questions], answers,
+            captions=[q.caption for q in questions], zero_audio=[q.zero_audio for q in questions],
+            end_of_answer=end_of_answer,
+        )
+        counts = torch.tensor([len(self.answer_token_ids(a)) + int(end_of_answer) for a in answers])
+        return logp, counts
 
     # ---- 6. LoRA ---------------------------------------------------------------------------------
     def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, targets: Sequence[str] = ("q_proj", "v_proj")):
@@ -298,3 +399,52 @@ class Qwen2Audio(torch.nn.Module):
             target_modules=rf".*language_model\.layers\.\d+\.self_attn\.({'|'.join(targets)})",
         )
         return get_peft_model(self.model, config)
+
+
+@dataclass
+class QwenLoRASettings:
+    """LoRA adapters on the LLM's projections named in ``target_modules`` (none on the audio encoder)."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        require(above(self.rank, 0), "model.adapters.rank", self.rank, "> 0")
+        require(above(self.alpha, 0), "model.adapters.alpha", self.alpha, "> 0")
+        require(at_least(self.dropout, 0) and self.dropout < 1, "model.adapters.dropout", self.dropout, "in [0, 1)")
+
+
+@dataclass
+class Qwen2AudioConfig:
+    """A Qwen2-Audio checkpoint as ``model.model`` of a ``salmonn-pl`` config.
+
+    ``qwen2_audio_path``: a directory in the official format or a hub name
+    (``Qwen/Qwen2-Audio-7B-Instruct``, resolved like SALMONN's weights, see
+    :mod:`salmonn_pl.model.weights`). ``system_prompt``: ``None`` keeps the chat template's own
+    ("You are a helpful assistant."). ``adapters``: LoRA on the LLM (``None``: none). The field names
+    differ from :class:`~salmonn_pl.model.salmonn.SalmonnConfig`'s, so that a config swapping the
+    family (``class_path``) cannot carry a SALMONN setting over. ``max_audio_seconds`` is the encoder's
+    30 s window, fixed (the data module keeps as much audio, see ``salmonn-pl``'s link).
+    """
+
+    model_class: ClassVar[type[AudioLLM]] = Qwen2Audio
+
+    qwen2_audio_path: str
+    dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
+    system_prompt: str | None = None
+    adapters: QwenLoRASettings | None = None
+    max_audio_seconds: float = MAX_AUDIO_SECONDS
+
+    def __post_init__(self) -> None:
+        require(self.max_audio_seconds == MAX_AUDIO_SECONDS, "model.max_audio_seconds", self.max_audio_seconds,
+                f"{MAX_AUDIO_SECONDS:g} for Qwen2-Audio (its encoder's window; longer clips are an error)")
+
+    def build(self) -> Qwen2Audio:
+        path = resolve_weight(self.qwen2_audio_path, "model.qwen2_audio_path", "dir")
+        model = Qwen2Audio.from_pretrained(path, dtype=self.dtype, system=self.system_prompt)
+        if self.adapters is not None:
+            a = self.adapters
+            model.add_lora(a.rank, a.alpha, a.dropout, tuple(a.target_modules))
+        return model

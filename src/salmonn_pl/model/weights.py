@@ -1,6 +1,7 @@
 """Weights by name: local paths, Hugging Face repositories and files, and plain URLs, all cached.
 
-Every weight field of :class:`~salmonn_pl.model.salmonn.SalmonnConfig` takes one of
+Every weight field of :class:`~salmonn_pl.model.salmonn.SalmonnConfig` (and ``qwen2_audio_path`` of
+:class:`~salmonn_pl.model.qwen2_audio.Qwen2AudioConfig`) takes one of
 
 * a local path (``/models/vicuna-13b-v1.1``, ``salmonn_v1.pth``): used as it is;
 * a Hugging Face repository id for a directory, ``org/name`` or ``org/name@revision``
@@ -42,8 +43,12 @@ Kind = Literal["dir", "file"]
 # What SalmonnConfig's weight fields hold: a directory (LLM, Whisper) or a single file (BEATs, checkpoint).
 WEIGHT_FIELDS: dict[str, Kind] = {"llm_path": "dir", "whisper_path": "dir", "beats_path": "file", "ckpt": "file"}
 
-# A directory's configs and tokenizer, then its weights in one format (repos often hold several).
-_DIR_FILES = ["*.json", "*.model"]
+# Weight fields of the other families' configs (Qwen2AudioConfig): fetched by the prefetch command too.
+OTHER_FAMILY_FIELDS: dict[str, Kind] = {"qwen2_audio_path": "dir"}
+
+# A directory's configs, tokenizer (SentencePiece *.model; BPE merges *.txt) and chat template
+# (*.jinja), then its weights in one format (repos often hold several).
+_DIR_FILES = ["*.json", "*.model", "*.txt", "*.jinja"]
 _WEIGHT_FORMATS = (["*.safetensors"], ["*.bin"])
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _LOOPBACK_HOSTS = {"localhost"}
@@ -234,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.config:
         model = yaml.safe_load(Path(config).read_text()).get("model") or {}
         model = model.get("model", model)
-        wanted += [(model[f], f"{config}: {f}", kind) for f, kind in WEIGHT_FIELDS.items() if model.get(f)]
+        fields = WEIGHT_FIELDS | OTHER_FAMILY_FIELDS
+        wanted += [(model[f], f"{config}: {f}", kind) for f, kind in fields.items() if model.get(f)]
     for name in args.names:
         wanted.append((name, name, "dir" if parse_weight_name(name).scheme == "repo" else "file"))
     for name, field, kind in wanted:

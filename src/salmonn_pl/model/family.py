@@ -1,0 +1,98 @@
+"""What the study asks of a model family other than SALMONN, and the questions it asks it.
+
+SALMONN's evaluation path works on its own audio tokens (shared encodings across a batch, the
+4.28-faithful decoder, contrastive and diverse-beam hooks). A family that brings its own processor
+and ``generate`` (Qwen2-Audio) is asked through this interface instead: whole questions in (the
+question as shown, the clip, the SAKURA caption control, the ablation), answers or answer
+log-likelihoods out. The decoders of :mod:`salmonn_pl.generation.decoder` and the LightningModule
+use nothing else of it, so a third family is one module implementing :class:`AudioLLM` plus a
+config dataclass with ``family`` and ``build()`` (see :class:`~salmonn_pl.model.qwen2_audio.Qwen2AudioConfig`).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from transformers import LogitsProcessor
+
+
+@dataclass(frozen=True)
+class FamilyQuestion:
+    """One question as a family sees it.
+
+    ``clip`` is the 16 kHz waveform the question is about (after the study's padding), ``None`` when
+    the model must not hear it (``no_audio``, the caption control). ``caption`` is SAKURA's text
+    control: a sentence stating the clip's attribute, placed where the audio tokens would be.
+    ``zero_audio``: the audio tokens are there, every one of them zero.
+    """
+
+    text: str
+    clip: torch.Tensor | None
+    caption: str | None = None
+    zero_audio: bool = False
+
+
+@dataclass(frozen=True)
+class DecodingRequest:
+    """The decoding settings a family's ``generate`` takes (the study's ``model.generation``)."""
+
+    num_beams: int = 1
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    repetition_penalty: float = 1.0
+    length_penalty: float = 1.0
+
+
+class AudioLLM(torch.nn.Module, ABC):
+    """A model family behind the study: prompts in its own template, batched answers that equal
+    the answers each question gets alone, and answer log-likelihoods for option scoring."""
+
+    family: ClassVar[str]  # the name reports use, e.g. "Qwen2-Audio"
+    # The encoder ablations that mean something for this family (``none`` and ``no_audio`` always do).
+    ablations: ClassVar[tuple[str, ...]] = ("none", "no_audio", "zero_audio")
+    max_audio_seconds: ClassVar[float]  # the longest clip the family's encoder takes
+
+    @abstractmethod
+    def generate_answers(
+        self,
+        questions: Sequence[FamilyQuestion],
+        request: DecodingRequest,
+        logits_processors: Sequence[LogitsProcessor] = (),
+    ) -> list[str]:
+        """One answer text per question (a batch, answered as each question alone would be)."""
+
+    @abstractmethod
+    def answer_log_likelihoods(
+        self, questions: Sequence[FamilyQuestion], answers: Sequence[str], end_of_answer: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sum of log p(answer tokens), number of answer tokens)`` per row, float64 and int64; with
+        ``end_of_answer`` the token that ends the model's turn counts as an answer token."""
+
+    @classmethod
+    def check_ablation(cls, ablation: str, where: str) -> None:
+        """A clear error for an ablation that has no meaning for this family."""
+        if ablation not in cls.ablations:
+            raise ValueError(
+                f"{where}: ablation {ablation!r} has no meaning for {cls.family}, which has one audio encoder; "
+                f"choose one of {list(cls.ablations)}"
+            )
+
+    @classmethod
+    def check_variant(cls, name: str, params: dict[str, Any]) -> None:
+        """A clear error for a data variant this family cannot hear (before the model loads)."""
+        cls.check_ablation(str(params.get("ablation") or "none"), f"data variant {name!r}")
+        for key in ("pad_seconds", "long_audio_seconds"):
+            seconds = params.get(key)
+            if seconds is not None and float(seconds) > cls.max_audio_seconds:
+                raise ValueError(
+                    f"data variant {name!r}: {key} {seconds} is longer than {cls.family}'s "
+                    f"{cls.max_audio_seconds:g} s audio window; the encoder would not hear the rest"
+                )
