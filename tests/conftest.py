@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from tests.helpers.golden import golden_params
+from tests.helpers.hub_cache import hf_home  # noqa: F401 (a fixture: an empty Hugging Face home)
 
 
 def pytest_generate_tests(metafunc):

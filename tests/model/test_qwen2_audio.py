@@ -246,3 +246,77 @@ def test_bad_inputs_name_the_problem(qwen, tiny_dir, tmp_path):
         Qwen2Audio.from_pretrained(tiny_dir, dtype="fp8")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         Qwen2Audio.from_pretrained(tmp_path)
+
+
+def test_zero_audio_gives_the_llm_zero_audio_embeddings(qwen, items):
+    """The zero_audio ablation equals a forward whose audio-token embeddings are set to zero by hand;
+    the other rows of the batch keep their audio."""
+    questions = [q for q, _, _ in items[:2]]
+    audios = [a for _, _, a in items[:2]]
+    answers = [ans for _, ans, _ in items[:2]]
+    with torch.no_grad():
+        plain = qwen.answer_log_likelihood(questions, audios, answers)
+        zeroed = qwen.answer_log_likelihood(questions, audios, answers, zero_audio=[True, False])
+        batch = qwen.batch(questions[:1], audios[:1])
+        answer_ids = torch.tensor([qwen.answer_token_ids(answers[0])])
+        input_ids = torch.cat([batch.input_ids, answer_ids], dim=1)
+        embeds = qwen.model.get_input_embeddings()(input_ids)
+        embeds[0, batch.audio_positions[0]] = 0.0
+        logits = qwen.model(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids)).logits
+    prompt_len = batch.input_ids.shape[1]
+    by_hand = logits[0, prompt_len - 1 : -1].double().log_softmax(-1).gather(-1, answer_ids[0][:, None]).sum()
+    assert zeroed[0].item() == pytest.approx(by_hand.item(), abs=1e-4)
+    assert abs(zeroed[0].item() - plain[0].item()) > 1e-3  # the ablation changed what the LLM heard
+    assert zeroed[1].item() == pytest.approx(plain[1].item(), abs=1e-4)
+
+
+def test_zero_audio_in_generation_follows_its_row_through_beams(qwen, items):
+    questions = [q for q, _, _ in items]
+    audios = [a for _, _, a in items]
+    flags = [False, True, False, True]
+    batched = qwen.generate(questions, audios, num_beams=4, max_new_tokens=MAX_NEW_TOKENS, zero_audio=flags)
+    for i, flag in enumerate(flags):
+        alone = qwen.generate([questions[i]], [audios[i]], num_beams=4, max_new_tokens=MAX_NEW_TOKENS, zero_audio=[flag])
+        assert batched.token_ids[i] == alone.token_ids[0]
+
+
+def test_caption_stands_where_the_audio_was(qwen):
+    prompt = qwen.prompt("Who speaks? (a) a man (b) a woman", caption="The speaker is female.")
+    assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                      "Audio 1: The speaker is female.\nWho speaks? (a) a man (b) a woman<|im_end|>\n"
+                      "<|im_start|>assistant\n")
+    batch = qwen.batch(["Who speaks?"], [None], captions=["The speaker is female."])
+    assert batch.input_features is None and len(batch.audio_positions[0]) == 0
+    with pytest.raises(ValueError, match="both a clip and a caption"):
+        qwen.batch(["q"], [np.zeros(SAMPLE_RATE, dtype=np.float32)], captions=["c"])
+
+
+def test_option_scoring_through_the_family_is_the_answer_likelihood(qwen, items):
+    """score_family_options ranks by the family's own answer log-likelihood (per token, end of turn
+    included), and pmi calibration subtracts the text-only likelihood."""
+    from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_family_options
+    from salmonn_pl.model.family import FamilyQuestion
+
+    question, _, audio = items[0]
+    asked = FamilyQuestion(text=question, clip=torch.from_numpy(audio))
+    (result,) = score_family_options(qwen, [asked], OptionScoringSettings(calibration="pmi"))
+    options = [f"({letter}) {text}" for letter, text in zip("abcd", result.options)]
+    with torch.no_grad():
+        audio_ll = qwen.answer_log_likelihood([question] * 4, [audio] * 4, options, end_of_answer=True)
+        text_ll = qwen.answer_log_likelihood([question] * 4, None, options, end_of_answer=True)
+    counts = torch.tensor([len(qwen.answer_token_ids(o)) + 1 for o in options])
+    expected = (audio_ll / counts - text_ll / counts).tolist()
+    assert result.scores == pytest.approx(expected, abs=1e-4)
+    assert result.choice == options[max(range(4), key=lambda i: expected[i])]
+
+
+def test_the_bundled_tiny_model_is_the_factorys(tiny_dir):
+    """assets/tiny-qwen2-audio is write_tiny_qwen2_audio(seed=0): rewriting it gives the same weights."""
+    from safetensors.torch import load_file
+
+    from tests.helpers.cli_runs import REPO
+
+    bundled = REPO / "assets" / "tiny-qwen2-audio"
+    ours, theirs = load_file(bundled / "model.safetensors"), load_file(tiny_dir / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert (bundled / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()

@@ -125,3 +125,24 @@ def test_swapping_the_family_carries_no_salmonn_setting_over(capsys):
     model = yaml.safe_load(capsys.readouterr().out)["model"]["model"]
     assert model == {"qwen2_audio_path": "assets/tiny-qwen2-audio", "dtype": "float32", "system_prompt": None,
                      "adapters": None, "max_audio_seconds": 30.0}
+
+
+def test_qwen2_audio_by_hub_name_offline_answers_as_the_local_directory(tmp_path, hf_home, monkeypatch):
+    """``qwen2_audio_path: Qwen/...`` resolves through the Hugging Face cache (offline here, as on a
+    cluster) and the run gives the answers of the same files named by path."""
+    from huggingface_hub import constants
+
+    from tests.helpers.hub_cache import add_to_hub_cache, dir_files
+
+    add_to_hub_cache(hf_home / "hub", "Qwen/Qwen2-Audio-tiny", dir_files(TINY_QWEN))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    runs = {}
+    for name, path in (("local", str(TINY_QWEN)), ("hub", "Qwen/Qwen2-Audio-tiny")):
+        config = _config(tmp_path / f"{name}.yaml", tmp_path / name, 1, decoder="OptionScoring")
+        build_cli(["test", "--config", str(config), "--model.model.qwen2_audio_path", path,
+                   "--data.init_args.limit", "1", "--data.init_args.tracks", "[Animal, Gender]"])
+        runs[name] = [json.loads(line)["response"] for line in (tmp_path / name / "predictions.jsonl").open()]
+    assert runs["hub"] == runs["local"] and len(runs["local"]) == 8
+    with pytest.raises(FileNotFoundError, match="model.qwen2_audio_path: 'Qwen/Qwen2-Audio-7B-Instruct' is not in"):
+        config = _config(tmp_path / "missing.yaml", tmp_path / "missing", 1)
+        build_cli(["test", "--config", str(config), "--model.model.qwen2_audio_path", "Qwen/Qwen2-Audio-7B-Instruct"])

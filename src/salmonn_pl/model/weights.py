@@ -239,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     for config in args.config:
         model = yaml.safe_load(Path(config).read_text()).get("model") or {}
         model = model.get("model", model)
+        model = model.get("init_args", model)  # a family's config given as {class_path, init_args}
         fields = WEIGHT_FIELDS | OTHER_FAMILY_FIELDS
         wanted += [(model[f], f"{config}: {f}", kind) for f, kind in fields.items() if model.get(f)]
     for name in args.names:
