@@ -18,7 +18,9 @@ from salmonn_pl.model.tiny import tiny_qformer_settings
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny.yaml"
-CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c != TINY)
+# Files that swap the model of a recipe (added after it), not recipes themselves.
+MODEL_SWAPS = [TINY, REPO / "configs" / "qwen2_audio.yaml", REPO / "configs" / "qwen2_audio_tiny.yaml"]
+CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c not in MODEL_SWAPS)
 DEMO_SAKURA = REPO / "assets" / "demo-sakura"
 SAKURA_RECIPES = ["sakura_eval.yaml", "sakura_7b_eval.yaml", "padding_sweep.yaml", "ablation_sweep.yaml"]
 PLACEHOLDER = "/PATH/TO/"
@@ -247,3 +249,18 @@ def test_probe_runs_from_a_test_recipe_with_tiny_yaml(tmp_path, monkeypatch):
                 "--model.output_dir", str(out)])
     report = json.loads((out / "attention_profile.json").read_text())
     assert len(report["variants"]) == 13 and (out / "attention_vs_time.png").is_file()
+
+
+@pytest.mark.parametrize("recipe", ["sakura_eval.yaml", "padding_sweep.yaml", "demo.yaml"])
+def test_a_recipe_runs_qwen2_audio_with_the_family_swap(recipe, monkeypatch):
+    """``--config <recipe> --config configs/qwen2_audio.yaml``: the model is the released Qwen2-Audio by
+    name, the recipe's data, variants, decoding and judge stay."""
+    monkeypatch.chdir(REPO)
+    cpu = ("--trainer.accelerator", "cpu")  # the GPU recipes, parsed on this machine
+    cli = instantiate(REPO / "configs" / recipe, "--config", "configs/qwen2_audio.yaml", *cpu)
+    module = cli.model
+    assert type(module.model_config).__name__ == "Qwen2AudioConfig" and module.family == "Qwen2-Audio"
+    assert module.model_config.qwen2_audio_path == "Qwen/Qwen2-Audio-7B-Instruct"
+    plain = instantiate(REPO / "configs" / recipe, *cpu)
+    assert module.generation == plain.model.generation and module.decoder.config() == plain.model.decoder.config()
+    assert [v.name for v in cli.datamodule.variants] == [v.name for v in plain.datamodule.variants]

@@ -130,4 +130,9 @@ def test_print_config_of_a_template_without_values_still_works(capsys):
     with pytest.raises(SystemExit) as done:
         build_cli(["fit", "--print_config"])
     assert done.value.code == 0
-    assert "lora_rank: 8" in capsys.readouterr().out
+    assert "output_dir: outputs/run" in capsys.readouterr().out
+    # model.model takes either family's settings; each family lists its own.
+    for family, field in (("SalmonnConfig", "--model.model.lora_rank"), ("Qwen2AudioConfig", "--model.model.qwen2_audio_path")):
+        with pytest.raises(SystemExit):
+            build_cli(["fit", "--model.model.help", family])
+        assert field in capsys.readouterr().out

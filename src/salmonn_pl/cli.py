@@ -69,6 +69,7 @@ def _suggestion(message: str, parser: Any) -> str:
     if not unknown:
         return ""
     valid = {option for action in parser._actions for option in action.option_strings if option.startswith("--")}
+    valid |= family_options()
     # A subcommand's options live in its own parser.
     for action in parser._actions:
         for sub in (getattr(action, "choices", None) or {}).values() if isinstance(getattr(action, "choices", None), dict) else ():
@@ -81,6 +82,39 @@ def _suggestion(message: str, parser: Any) -> str:
     return "\n".join(hints)
 
 
+def family_options() -> set[str]:
+    """``--model.model.<field>`` of every family's config (jsonargparse lists no options for a union)."""
+    import dataclasses
+    import typing
+
+    hint = typing.get_type_hints(SalmonnModule.__init__)["model"]
+    return {f"--model.model.{field.name}" for arm in typing.get_args(hint) if dataclasses.is_dataclass(arm)
+            for field in dataclasses.fields(arm)}
+
+
+def one_family_error(message: str) -> str:
+    """``model.model`` takes either family's config, so jsonargparse reports a bad key or value there
+    once per family ("Does not validate against any of the Union subtypes"). Keep the report of the
+    family the config is written for: a bad value where one family accepts the key, else the first
+    family's unknown key, named by its full config key."""
+    union = re.match(r'Parser key "([\w.\-]+)":\s*Does not validate against any of the Union subtypes', message.strip())
+    if not union:
+        return message
+    prefix = union.group(1)
+    problems = re.split(r"\n\s*- Problem with given class_path '[\w.]+':\n", message)[1:]
+    problems = [re.split(r"\n\s*- |\n\s*Given value", p)[0] for p in problems]
+    values = [p for p in problems if re.search(r'Parser key "[\w.\-]+":', p)]
+    if values:
+        key = re.search(r'Parser key "([\w.\-]+)":', values[0]).group(1)
+        detail = " ".join(line.strip() for line in values[0].split("\n")[1:])
+        return f"{prefix}.{key}: {detail}"
+    unknown = [re.search(r"Option '([\w.\-]+)' is not accepted", p) for p in problems]
+    unknown = [m.group(1) for m in unknown if m]
+    if unknown:
+        return f'Key "{prefix}.{unknown[0]}" is not expected'
+    return message
+
+
 class SalmonnArgumentParser(SettingsCheckingParser):
     """Puts the error (the key, the value, what is allowed, the closest valid key for a typo) on the
     first lines and a one-line pointer to ``--help`` instead of the hundred-line usage dump."""
@@ -89,6 +123,7 @@ class SalmonnArgumentParser(SettingsCheckingParser):
         if not self.exit_on_error:
             return super().error(message, ex)
         parser = getattr(ex, "subcommand_parser", None) or self
+        message = one_family_error(message)
         lines = [f"error: {message.strip()}"]
         hint = _suggestion(message, parser)
         if hint:

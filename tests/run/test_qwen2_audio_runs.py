@@ -146,3 +146,12 @@ def test_qwen2_audio_by_hub_name_offline_answers_as_the_local_directory(tmp_path
     with pytest.raises(FileNotFoundError, match="model.qwen2_audio_path: 'Qwen/Qwen2-Audio-7B-Instruct' is not in"):
         config = _config(tmp_path / "missing.yaml", tmp_path / "missing", 1)
         build_cli(["test", "--config", str(config), "--model.model.qwen2_audio_path", "Qwen/Qwen2-Audio-7B-Instruct"])
+
+
+def test_a_typo_in_the_family_config_is_named_once_with_its_closest_key(tmp_path, capsys):
+    (tmp_path / "typo.yaml").write_text("model:\n  model:\n    class_path: salmonn_pl.model.qwen2_audio.Qwen2AudioConfig\n"
+                                        "    init_args: {qwen2_audio_path: x, dtyp: float32}\n")
+    with pytest.raises(SystemExit):
+        build_cli(["test", "--config", str(REPO / "configs" / "demo.yaml"), "--config", str(tmp_path / "typo.yaml")])
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[:2] == ['error: Key "model.model.dtyp" is not expected', "model.model.dtyp: did you mean model.model.dtype?"]
