@@ -264,3 +264,17 @@ def test_a_recipe_runs_qwen2_audio_with_the_family_swap(recipe, monkeypatch):
     plain = instantiate(REPO / "configs" / recipe, *cpu)
     assert module.generation == plain.model.generation and module.decoder.config() == plain.model.decoder.config()
     assert [v.name for v in cli.datamodule.variants] == [v.name for v in plain.datamodule.variants]
+
+
+@pytest.mark.slow
+def test_probe_runs_qwen2_audio_from_a_test_recipe(tmp_path, monkeypatch):
+    from salmonn_pl.probe_cli import main as probe_main
+
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "probe"
+    probe_main(["--config", "configs/padding_sweep.yaml", "--config", str(TINY), "--config", "configs/qwen2_audio_tiny.yaml",
+                "--answers", "reference", "--data.init_args.limit", "1", "--data.init_args.batch_size", "13",
+                "--max_batches", "1", "--model.output_dir", str(out)])
+    report = json.loads((out / "attention_profile.json").read_text())
+    assert report["settings"]["model_family"] == "Qwen2-Audio" and len(report["variants"]) == 13
+    assert (out / "attention_vs_time.png").is_file()

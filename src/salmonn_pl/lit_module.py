@@ -35,7 +35,7 @@ from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model import audio_encoding
 from salmonn_pl.model.audio_encoding import CarriedAudioTokens
-from salmonn_pl.model.family import AudioLLM, FamilyQuestion
+from salmonn_pl.model.family import AudioLLM, questions_from_batch
 from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import SettingError, at_least, require
@@ -330,7 +330,7 @@ class SalmonnModule(L.LightningModule):
         """
         if self.family_model is not None:
             ids = list(batch["id"])
-            return self.decoder.answer_family(self.family_model, family_questions(batch, self.row_ablations(batch, ablation)),
+            return self.decoder.answer_family(self.family_model, questions_from_batch(batch, self.row_ablations(batch, ablation)),
                                               ids, self.generation)
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
@@ -529,19 +529,6 @@ def questions_of(batch: dict) -> list[str]:
     """The question each row's prompt shows (SAKURA meta ``question``, annotation meta ``instruction``)."""
     metas = batch.get("meta") or [{}] * len(batch["prompt"])
     return [meta.get("question") or meta.get("instruction", "") for meta in metas]
-
-
-def family_questions(batch: dict, ablations: list[str]) -> list[FamilyQuestion]:
-    """The batch's rows as :class:`~salmonn_pl.model.family.FamilyQuestion`: the question shown, the clip
-    as the variant made it (before SALMONN's pad-to-1 s), the caption control's caption, the ablation."""
-    metas = batch.get("meta") or [{}] * len(batch["prompt"])
-    questions = []
-    for row, (text, meta, ablation) in enumerate(zip(questions_of(batch), metas, ablations)):
-        caption = meta.get("caption")
-        hears = ablation != "no_audio" and caption is None
-        clip = batch["raw_wav"][row, : int(batch["clip_lengths"][row])] if hears else None
-        questions.append(FamilyQuestion(text=text, clip=clip, caption=caption, zero_audio=ablation == "zero_audio"))
-    return questions
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

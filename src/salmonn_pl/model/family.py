@@ -12,7 +12,7 @@ config dataclass with ``family`` and ``build()`` (see :class:`~salmonn_pl.model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -51,6 +51,17 @@ class DecodingRequest:
     length_penalty: float = 1.0
 
 
+@dataclass
+class AnswerAttention:
+    """Attention of a teacher-forced batch ``[left pad | prompt | answer | right pad]``, for the probes."""
+
+    attention: torch.Tensor  # [layers, B, L, L] mean over heads
+    prompt_length: int  # row k's answer tokens sit at prompt_length ... prompt_length + answer_lengths[k] - 1
+    answer_lengths: list[int]
+    audio_positions: list[torch.Tensor]  # per row, the sequence index of each audio token
+    audio_seconds: list[torch.Tensor]  # per row, [n_audio, 2] start and end second each audio token covers
+
+
 class AudioLLM(torch.nn.Module, ABC):
     """A model family behind the study: prompts in its own template, batched answers that equal
     the answers each question gets alone, and answer log-likelihoods for option scoring."""
@@ -76,6 +87,14 @@ class AudioLLM(torch.nn.Module, ABC):
         """``(sum of log p(answer tokens), number of answer tokens)`` per row, float64 and int64; with
         ``end_of_answer`` the token that ends the model's turn counts as an answer token."""
 
+    def answer_token_ids(self, answer: str) -> list[int]:
+        """The tokens of an answer text as the model would write it after its prompt."""
+        raise NotImplementedError(f"{self.family} does not tokenise answers for the probes")
+
+    def answer_attention(self, questions: Sequence[FamilyQuestion], answers: Sequence[Sequence[int]]) -> AnswerAttention:
+        """One eager-attention forward of each question with its answer tokens (attention-position probes)."""
+        raise NotImplementedError(f"the attention probes are not available for {self.family}")
+
     @classmethod
     def check_ablation(cls, ablation: str, where: str) -> None:
         """A clear error for an ablation that has no meaning for this family."""
@@ -96,3 +115,18 @@ class AudioLLM(torch.nn.Module, ABC):
                     f"data variant {name!r}: {key} {seconds} is longer than {cls.family}'s "
                     f"{cls.max_audio_seconds:g} s audio window; the encoder would not hear the rest"
                 )
+
+
+def questions_from_batch(batch: Mapping[str, Any], ablations: Sequence[str]) -> list[FamilyQuestion]:
+    """A collated batch's rows as :class:`FamilyQuestion`: the question shown (meta ``question``), the
+    clip as the variant made it (``raw_wav`` up to ``clip_lengths``, before SALMONN's pad-to-1 s), the
+    caption control's caption (meta ``caption``), and each row's ablation."""
+    metas = batch.get("meta") or [{}] * len(batch["prompt"])
+    questions = []
+    for row, (meta, ablation) in enumerate(zip(metas, ablations)):
+        text = meta.get("question") or meta.get("instruction", "")
+        caption = meta.get("caption")
+        hears = ablation != "no_audio" and caption is None
+        clip = batch["raw_wav"][row, : int(batch["clip_lengths"][row])] if hears else None
+        questions.append(FamilyQuestion(text=text, clip=clip, caption=caption, zero_audio=ablation == "zero_audio"))
+    return questions

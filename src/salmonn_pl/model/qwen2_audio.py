@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
-from salmonn_pl.model.family import AudioLLM, DecodingRequest, FamilyQuestion
+from salmonn_pl.model.family import AnswerAttention, AudioLLM, DecodingRequest, FamilyQuestion
 from salmonn_pl.model.weights import resolve_weight
 from salmonn_pl.settings_check import above, at_least, require
 
@@ -145,7 +145,7 @@ class Qwen2Audio(AudioLLM):
             raise FileNotFoundError(f"{path}: no config.json, not a Qwen2-Audio directory")
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
         processor = Qwen2AudioProcessor.from_pretrained(path)
-        return cls(model, processor, system=system)
+        return cls(model, processor, system=system).eval()
 
     @property
     def device(self) -> torch.device:
@@ -345,28 +345,58 @@ class Qwen2Audio(AudioLLM):
         """
         if len(answers) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
-        batch = self.batch(questions, audios, system=system, captions=captions)
         end = [self.end_of_turn_id] if end_of_answer else []
         answer_ids = [self.answer_token_ids(a) + end for a in answers]
-        longest = max(len(a) for a in answer_ids)
-        size, prompt_len = batch.input_ids.shape
-        tail = torch.full((size, longest), self.pad_token_id, dtype=torch.long)
-        tail_mask = torch.zeros((size, longest), dtype=torch.long)
-        for i, ids in enumerate(answer_ids):
-            tail[i, : len(ids)] = torch.tensor(ids)
-            tail_mask[i, : len(ids)] = 1
-        input_ids = torch.cat([batch.input_ids, tail.to(self.device)], dim=1)
-        attention_mask = torch.cat([batch.attention_mask, tail_mask.to(self.device)], dim=1)
-        # Positions count real tokens only, as generate does for left padding.
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = batch.model_inputs() | {"input_ids": input_ids, "attention_mask": attention_mask}
+        batch, inputs, tail, tail_mask = self._teacher_forced(questions, audios, answer_ids, system, captions)
+        prompt_len = batch.input_ids.shape[1]
         with self.zeroed_audio(zero_audio, audios):
-            logits = self.model(**inputs, position_ids=position_ids).logits
+            logits = self.model(**inputs).logits
         # The token at position t is predicted by the logits at t - 1.
         log_probs = logits[:, prompt_len - 1 : -1].double().log_softmax(-1)
-        tail = tail.to(self.device)
         picked = log_probs.gather(-1, tail.unsqueeze(-1)).squeeze(-1)
-        return (picked * tail_mask.to(self.device)).sum(-1)
+        return (picked * tail_mask).sum(-1)
+
+    def _teacher_forced(self, questions, audios, answer_ids: Sequence[Sequence[int]], system=None, captions=None):
+        """``[left padding | prompt | answer | right padding]`` model inputs, positions counting real tokens."""
+        batch = self.batch(questions, audios, system=system, captions=captions)
+        longest = max(len(a) for a in answer_ids)
+        size = batch.input_ids.shape[0]
+        tail = torch.full((size, longest), self.pad_token_id, dtype=torch.long, device=self.device)
+        tail_mask = torch.zeros((size, longest), dtype=torch.long, device=self.device)
+        for i, ids in enumerate(answer_ids):
+            tail[i, : len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+            tail_mask[i, : len(ids)] = 1
+        input_ids = torch.cat([batch.input_ids, tail], dim=1)
+        attention_mask = torch.cat([batch.attention_mask, tail_mask], dim=1)
+        # Positions count real tokens only, as generate does for left padding.
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        inputs = batch.model_inputs() | {"input_ids": input_ids, "attention_mask": attention_mask,
+                                         "position_ids": position_ids}
+        return batch, inputs, tail, tail_mask
+
+    @torch.no_grad()
+    def answer_attention(self, questions: Sequence[FamilyQuestion], answers: Sequence[Sequence[int]]) -> AnswerAttention:
+        if any(len(a) == 0 for a in answers):
+            answers = [list(a) or [self.end_of_turn_id] for a in answers]  # an empty answer: its end of turn
+        audios = [q.clip for q in questions]
+        batch, inputs, _, _ = self._teacher_forced([q.text for q in questions], audios, answers,
+                                                  captions=[q.caption for q in questions])
+        llm = self.model.model.language_model
+        previous = llm.config._attn_implementation
+        llm.set_attn_implementation("eager")  # SDPA returns no attention weights
+        try:
+            with self.zeroed_audio([q.zero_audio for q in questions], audios):
+                out = self.model(**inputs, output_attentions=True, use_cache=False, logits_to_keep=1)
+        finally:
+            llm.set_attn_implementation(previous)
+        attention = torch.stack([layer.float().mean(1) for layer in out.attentions])
+        return AnswerAttention(
+            attention=attention,
+            prompt_length=batch.input_ids.shape[1],
+            answer_lengths=[len(a) for a in answers],
+            audio_positions=batch.audio_positions,
+            audio_seconds=[audio_token_seconds(len(p)) for p in batch.audio_positions],
+        )
 
     @property
     def end_of_turn_id(self) -> int:

@@ -36,6 +36,8 @@ from salmonn_pl.audio.load import SAMPLE_RATE
 from salmonn_pl.data.collate import AudioBatch
 from salmonn_pl.data.variants import Ablation
 from salmonn_pl.generation.decode import GenerationSettings
+from salmonn_pl.generation.decoder import decoding_request
+from salmonn_pl.model.family import AudioLLM, questions_from_batch
 from salmonn_pl.model.llm import embed_tokens
 from salmonn_pl.model.salmonn import Salmonn
 from salmonn_pl.model.window_qformer import WHISPER_FRAMES_PER_30S, WindowQFormer
@@ -289,6 +291,60 @@ def profile_batch(
                 prompt_mass=to_audio[:, last_prompt].cpu(),
                 qformer_frames=frames[k].cpu() if frames[k] is not None else None,
                 window_ends=window_bounds(model.connector, len(frames[k]))[:, 1] if frames[k] is not None else None,
+                audio_seconds=audio_seconds,
+                clip_span=_clip_span(metas[i], audio_seconds),
+            )
+        )
+    return profiles
+
+
+@torch.no_grad()
+def profile_family_batch(
+    model: AudioLLM,
+    batch: Mapping[str, Any],
+    answers: AnswerSource = "generated",
+    generation: GenerationSettings | None = None,
+) -> list[QuestionProfile]:
+    """:func:`profile_batch` for a model family of :mod:`salmonn_pl.model.family` (Qwen2-Audio): the
+    family places the audio tokens and says which seconds each covers (40 ms each for Qwen2-Audio);
+    there is no Q-Former, and the encoder hears the clip only (no window padding beyond it).
+    ``generated`` answers are the family's answer texts, tokenised as it tokenises answers."""
+    if model.training:
+        raise ValueError("profile_family_batch needs the model in eval mode: dropout would make the attention random")
+    if answers not in get_args(AnswerSource):
+        raise ValueError(f"answers must be one of {get_args(AnswerSource)}, got {answers!r}")
+    metas = list(batch.get("meta") or [{} for _ in batch["prompt"]])
+    ids = [str(i) for i in batch.get("id") or range(len(metas))]
+    ablations = _row_ablations(ids, metas)
+    questions = questions_from_batch(batch, ablations)
+    rows = [i for i, q in enumerate(questions) if q.clip is not None]
+    if not rows:
+        return []
+    asked = [questions[i] for i in rows]
+    if answers == "generated":
+        texts = model.generate_answers(asked, decoding_request(generation or GenerationSettings(), model.family))
+    else:
+        texts = [batch["text"][i] for i in rows]
+    answer_ids = [model.answer_token_ids(text) if text else [] for text in texts]
+    maps = model.answer_attention(asked, answer_ids)
+    start = maps.prompt_length
+    profiles = []
+    for k, i in enumerate(rows):
+        positions = maps.audio_positions[k]
+        to_audio = maps.attention[:, k][:, :, positions]  # [layers, L, n_audio]
+        n_answer = len(answer_ids[k])
+        audio_seconds = float(batch["clip_lengths"][i]) / SAMPLE_RATE
+        profiles.append(
+            QuestionProfile(
+                id=ids[i],
+                variant=str(metas[i].get("variant", "original")),
+                answer_ids=answer_ids[k],
+                answer_text=texts[k],
+                seconds=maps.audio_seconds[k].mean(-1).float(),
+                answer_mass=to_audio[:, start : start + n_answer].mean(1).cpu() if n_answer else None,
+                prompt_mass=to_audio[:, start - 1].cpu(),
+                qformer_frames=None,
+                window_ends=None,
                 audio_seconds=audio_seconds,
                 clip_span=_clip_span(metas[i], audio_seconds),
             )

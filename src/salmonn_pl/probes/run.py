@@ -18,15 +18,22 @@ from rich.progress import track
 
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import set_lora_scale
+from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig
-from salmonn_pl.probes.attention import AnswerSource, AttentionAggregator, VariantProfile, profile_batch
+from salmonn_pl.probes.attention import (
+    AnswerSource,
+    AttentionAggregator,
+    VariantProfile,
+    profile_batch,
+    profile_family_batch,
+)
 from salmonn_pl.probes.plots import clip_spans_by_variant, write_plots
 
 PROFILE_FILE = "attention_profile.json"
 
 
 def probe_attention(
-    model: SalmonnConfig,
+    model: SalmonnConfig | Qwen2AudioConfig,
     data: LightningDataModule,
     output_dir: str = "outputs/attention_probe",
     answers: AnswerSource = "generated",
@@ -42,7 +49,7 @@ def probe_attention(
     """Run the attention-position probe over ``data``'s test dataloader; returns the JSON path.
 
     Args:
-        model: the SALMONN files and architecture options.
+        model: the SALMONN files and architecture options, or another family's (``Qwen2AudioConfig``).
         data: a data module serving collated speech batches (e.g. ``SakuraDataModule`` with its
             study variants); variants are told apart by ``meta["variant"]``.
         output_dir: where ``attention_profile.json`` and the plots go.
@@ -59,16 +66,23 @@ def probe_attention(
     torch.manual_seed(seed)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    salmonn = Salmonn(model).eval().to(target)
-    if lora_scale != 1.0:
-        set_lora_scale(salmonn.llm, lora_scale)
+    family = isinstance(model, Qwen2AudioConfig)
+    if family:
+        if lora_scale != 1.0:
+            raise ValueError(f"lora_scale is a SALMONN setting, not available with {model.model_class.family}")
+        salmonn = model.build().eval().to(target)
+    else:
+        salmonn = Salmonn(model).eval().to(target)
+        if lora_scale != 1.0:
+            set_lora_scale(salmonn.llm, lora_scale)
+    profile = profile_family_batch if family else profile_batch
 
     data.setup("test")
     loader = data.test_dataloader()
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
     aggregator = AttentionAggregator()
     for batch in track(itertools.islice(loader, total), total=total, description="attention probe"):
-        aggregator.add(profile_batch(salmonn, batch, answers=answers, generation=generation))
+        aggregator.add(profile(salmonn, batch, answers=answers, generation=generation))
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,10 +91,11 @@ def probe_attention(
         "generation": asdict(generation or GenerationSettings()) if answers == "generated" else None,
         "lora_scale": lora_scale,
         "model": asdict(model),
-        "qformer_kernel_frames": salmonn.connector.kernel,
-        "qformer_stride_frames": salmonn.connector.stride,
-        "num_query_tokens": salmonn.connector.num_query_tokens,
+        "model_family": model.model_class.family if family else "SALMONN",
     }
+    if not family:
+        settings |= {"qformer_kernel_frames": salmonn.connector.kernel, "qformer_stride_frames": salmonn.connector.stride,
+                     "num_query_tokens": salmonn.connector.num_query_tokens}
     path = out / PROFILE_FILE
     path.write_text(json.dumps(aggregator.report(settings), indent=1), encoding="utf-8")
     variants = aggregator.variants()
