@@ -13,6 +13,7 @@ trainer's ``default_root_dir`` there, so ``--model.output_dir X`` moves all of i
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 
 import argparse
 
+import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -97,8 +99,8 @@ def one_family_error(message: str) -> str:
     once per family ("Does not validate against any of the Union subtypes"). Keep the report of the
     family the config is written for: a bad value where one family accepts the key, else the first
     family's unknown key, named by its full config key."""
-    union = re.match(r'Parser key "([\w.\-]+)":\s*Does not validate against any of the Union subtypes', message.strip())
-    if not union:
+    union = re.match(r'Parser key "([\w.\-]+)":', message.strip())
+    if not union or "Does not validate against any of the Union subtypes" not in message:
         return message
     prefix = union.group(1)
     problems = re.split(r"\n\s*- Problem with given class_path '[\w.]+':\n", message)[1:]
@@ -216,6 +218,63 @@ def max_audio_seconds(model: Any) -> float:
     return values.get("max_audio_seconds", 30.0)
 
 
+FAMILY_FIELD = "--model.model."
+# Options that act while parsing (print, help); left out of the first pass of merge_family_overrides.
+_ACTING = ("--print_config", "--help", "-h")
+
+
+def merge_family_overrides(parser: Any, args: list[str]) -> list[str]:
+    """``--model.model.<field> value`` given on the command line, as one ``--model.model`` value.
+
+    ``model.model`` takes either family's config (a union of dataclasses), and jsonargparse merges a
+    command-line field into the config file's value only for the union's first family: for any other
+    it would start from that family's defaults and drop the file's other fields. So the arguments
+    are parsed once without these fields, the fields are set on the family config found there, and
+    the whole config is passed on as the last ``--model.model`` argument.
+    """
+    fields, rest, i = [], [], 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith(FAMILY_FIELD) and not arg.startswith(FAMILY_FIELD + "help"):
+            key, has_value, value = arg[len(FAMILY_FIELD):].partition("=")
+            if not has_value:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            fields.append((key.removeprefix("init_args."), value))
+        else:
+            rest.append(arg)
+        i += 1
+    if not fields:
+        return args
+    first_pass = [a for a in rest if not a.split("=")[0] in _ACTING]
+    config = parser.parse_args(first_pass, _skip_validation=True)  # the real parse checks everything
+    subcommand = config.get("subcommand")
+    section = config[subcommand] if subcommand else config
+    family = section.get("model.model")
+    if not isinstance(family, Namespace):
+        return args  # no family config to merge into: jsonargparse reports what is wrong
+    if "class_path" in family:
+        class_path, init_args = family["class_path"], family["init_args"].as_dict()
+    else:  # given as fields: the family whose fields they are
+        import typing
+
+        from salmonn_pl.cli_settings import _dataclass_of
+
+        init_args = family.as_dict()
+        arm = _dataclass_of(typing.get_type_hints(SalmonnModule.__init__)["model"], init_args)
+        class_path = f"{arm.__module__}.{arm.__qualname__}"
+    for key, value in fields:
+        target = init_args
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            if not isinstance(target.get(parent), dict):  # unset (null) settings group: its defaults apply
+                target[parent] = {}
+            target = target[parent]
+        target[leaf] = yaml.safe_load(value) if value else value
+    merged = json.dumps({"class_path": class_path, "init_args": init_args})
+    return rest + [FAMILY_FIELD.rstrip("."), merged]
+
+
 class SalmonnCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Reports and W&B name the run after its output directory unless told otherwise.
@@ -224,6 +283,8 @@ class SalmonnCLI(LightningCLI):
         parser.link_arguments("model.model", "data.init_args.max_audio_seconds", compute_fn=max_audio_seconds)
 
     def parse_arguments(self, parser, args) -> None:
+        if args is None or isinstance(args, list):
+            args = merge_family_overrides(parser, list(sys.argv[1:] if args is None else args))
         super().parse_arguments(parser, args)
         # A bad setting ends the command here, in one line, before anything is built or run.
         subcommand = self.config.get("subcommand")

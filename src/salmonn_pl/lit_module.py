@@ -35,7 +35,7 @@ from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model import audio_encoding
 from salmonn_pl.model.audio_encoding import CarriedAudioTokens
-from salmonn_pl.model.family import AudioLLM, questions_from_batch
+from salmonn_pl.model.family import AudioLLM, FamilyQuestion, questions_from_batch
 from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import SettingError, at_least, require
@@ -44,6 +44,7 @@ from salmonn_pl.training.checkpointing import (
     plain,
     plain_hyperparameters,
     trainable_checkpoint_state,
+    trainable_names,
 )
 from salmonn_pl.training.divergence import (
     check_finite_gradients,
@@ -53,7 +54,7 @@ from salmonn_pl.training.divergence import (
     where,
 )
 from salmonn_pl.training.objectives import Objectives, kl_to_uniform, lm_loss, margin_penalty, text_only_accuracy
-from salmonn_pl.training.option_prior import text_only_option_logprobs
+from salmonn_pl.training.option_prior import option_logprobs, text_only_option_logprobs
 from salmonn_pl.training.rng import seeded_rng, step_seed
 from salmonn_pl.training.schedule import OptimSettings, build_optimizer
 
@@ -172,9 +173,9 @@ class SalmonnModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         if not isinstance(self.model_config, Qwen2AudioConfig):
             return
-        if stage == "fit":
-            raise ValueError(f"salmonn-pl fit trains SALMONN; fine-tuning {self.family} is not available yet "
-                             "(model.model is a Qwen2AudioConfig)")
+        if stage == "fit" and self.model_config.adapters is None:
+            raise ValueError(f"model.model.adapters is null: {self.family}'s weights are frozen, so there is "
+                             "nothing to fine-tune; set adapters (LoRA, e.g. {rank: 8})")
         self.check_family_settings(getattr(self.trainer, "datamodule", None) if self._trainer else None)
 
     # -- shared ------------------------------------------------------------------------------
@@ -213,8 +214,12 @@ class SalmonnModule(L.LightningModule):
     def _losses(self, batch: dict) -> dict[str, torch.Tensor]:
         """Every objective term of the batch (for logging) and their weighted sum ``"loss"``."""
         m, objectives = self.salmonn, self.objectives
-        inputs = m.assemble(batch["prompt"], self.encode(batch), batch["text"], self.padding_side)
-        logp, n = m.answer_logprobs(inputs)
+        if self.family_model is not None:
+            questions = questions_from_batch(batch, self.row_ablations(batch))
+            logp, n = self.family_model.answer_log_likelihoods(questions, batch["text"])
+        else:
+            inputs = m.assemble(batch["prompt"], self.encode(batch), batch["text"], self.padding_side)
+            logp, n = m.answer_logprobs(inputs)
         losses = {"loss_lm": lm_loss(logp, n)}
         loss = objectives.lm_weight * losses["loss_lm"]
         if objectives.prior_contrast_weight > 0:
@@ -226,12 +231,25 @@ class SalmonnModule(L.LightningModule):
     def _prior_contrast(self, batch: dict, logp_audio: torch.Tensor, n_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
         """The prior-contrast term ``loss_prior`` and its diagnostics, from a text-only pass over the batch."""
         m, objectives = self.salmonn, self.objectives
+        family = self.family_model
         if objectives.prior_contrast_kind == "margin":
-            text_inputs = m.assemble(batch["prompt"], None, batch["text"], self.padding_side)
-            logp_text, _ = m.answer_logprobs(text_inputs)
+            if family is not None:
+                logp_text, _ = family.answer_log_likelihoods(text_only(batch), batch["text"])
+            else:
+                text_inputs = m.assemble(batch["prompt"], None, batch["text"], self.padding_side)
+                logp_text, _ = m.answer_logprobs(text_inputs)
             penalty, gain = margin_penalty(logp_audio, logp_text, n_tokens, objectives.margin)
             return {"loss_prior": penalty, "audio_gain": gain}
-        options = text_only_option_logprobs(m, batch["prompt"], questions_of(batch), batch["text"], self.padding_side)
+        if family is not None:
+            asked = text_only(batch)
+
+            def score(rows: list[int], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+                return family.answer_log_likelihoods([asked[row] for row in rows], answers)
+
+            questions = [q.text for q in asked]
+            options = option_logprobs(score, questions, questions, batch["text"])
+        else:
+            options = text_only_option_logprobs(m, batch["prompt"], questions_of(batch), batch["text"], self.padding_side)
         # Every batch logs the same keys (ranks that disagree would hang a synced log); text_only_acc
         # is weighted by the questions whose answer is known, so batches without any count for nothing.
         no_answer = {"text_only_acc": logp_audio.new_zeros(()), TEXT_ONLY_KNOWN: logp_audio.new_zeros(())}
@@ -294,12 +312,20 @@ class SalmonnModule(L.LightningModule):
         if self.optim.warmup_steps >= total:
             rank_zero_warn(f"optim.warmup_steps ({self.optim.warmup_steps}) >= the run's {total} optimiser steps: the "
                            f"learning rate never leaves the warm-up (never reaches optim.lr {self.optim.lr})")
-        optimizer, scheduler = build_optimizer(self.salmonn, self.optim, total)
+        model = self.family_model if self.family_model is not None else self.salmonn
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"{self.family} has no trainable weights: set model.model.adapters (LoRA, e.g. "
+                             "{rank: 8}) to fine-tune it")
+        optimizer, scheduler = build_optimizer(model, self.optim, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Frozen encoders and the base LLM are never saved: a 13B model's checkpoint stays tens of MB.
-        if "state_dict" in checkpoint:  # absent under DeepSpeed, which writes the weights itself
+        if "state_dict" in checkpoint and self.family_model is not None:
+            keep = trainable_names(self.family_model, "family_model.")
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+            check_finite_state(checkpoint["state_dict"], f"the checkpoint of global step {checkpoint.get('global_step')}")
+        elif "state_dict" in checkpoint:  # absent under DeepSpeed, which writes the weights itself
             checkpoint["state_dict"] = trainable_checkpoint_state(checkpoint["state_dict"], self.salmonn, "salmonn.")
             # Raising here stops Lightning before it writes the file.
             check_finite_state(checkpoint["state_dict"], f"the checkpoint of global step {checkpoint.get('global_step')}")
@@ -314,6 +340,9 @@ class SalmonnModule(L.LightningModule):
         if "state_dict" not in checkpoint:
             return
         state = checkpoint["state_dict"]
+        if self.family_model is not None:
+            check_trainable_state(state, self.family_model, "family_model.")
+            return
         rows = [state.pop(f"salmonn.{k}", None) for k in PAD_ROW_KEYS]
         if all(r is not None for r in rows):
             set_pad_rows(self.salmonn.llm, *rows)
@@ -529,6 +558,11 @@ def questions_of(batch: dict) -> list[str]:
     """The question each row's prompt shows (SAKURA meta ``question``, annotation meta ``instruction``)."""
     metas = batch.get("meta") or [{}] * len(batch["prompt"])
     return [meta.get("question") or meta.get("instruction", "") for meta in metas]
+
+
+def text_only(batch: dict) -> list[FamilyQuestion]:
+    """Each row's question as a family asks it without the audio (the prior objectives' text-only pass)."""
+    return [FamilyQuestion(text=text, clip=None) for text in questions_of(batch)]
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

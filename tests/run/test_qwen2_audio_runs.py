@@ -112,19 +112,13 @@ def test_a_variant_longer_than_the_window_fails_before_any_answer(tmp_path):
     assert not (tmp_path / "run" / "predictions.jsonl").exists()
 
 
-def test_fit_is_refused_with_the_family_named(tmp_path):
-    config = _config(tmp_path / "config.yaml", tmp_path / "run", 1)
-    with pytest.raises(ValueError, match="fine-tuning Qwen2-Audio is not available"):
-        build_cli(["fit", "--config", str(config), "--trainer.max_steps", "1"])
-
-
 def test_swapping_the_family_carries_no_salmonn_setting_over(capsys):
     with pytest.raises(SystemExit):
         build_cli(["test", "--config", str(REPO / "configs" / "demo.yaml"), "--config",
                    str(REPO / "configs" / "qwen2_audio_tiny.yaml"), "--print_config"])
     model = yaml.safe_load(capsys.readouterr().out)["model"]["model"]
     assert model == {"qwen2_audio_path": "assets/tiny-qwen2-audio", "dtype": "float32", "system_prompt": None,
-                     "adapters": None, "max_audio_seconds": 30.0}
+                     "adapters": None, "finetuned": "", "max_audio_seconds": 30.0}
 
 
 def test_qwen2_audio_by_hub_name_offline_answers_as_the_local_directory(tmp_path, hf_home, monkeypatch):
@@ -155,3 +149,28 @@ def test_a_typo_in_the_family_config_is_named_once_with_its_closest_key(tmp_path
         build_cli(["test", "--config", str(REPO / "configs" / "demo.yaml"), "--config", str(tmp_path / "typo.yaml")])
     lines = capsys.readouterr().err.splitlines()
     assert lines[:2] == ['error: Key "model.model.dtyp" is not expected', "model.model.dtyp: did you mean model.model.dtype?"]
+
+
+@pytest.mark.parametrize("swap", ["fields", "class_path"])
+def test_a_command_line_field_keeps_the_family_configs_other_fields(tmp_path, capsys, swap):
+    """``--model.model.<field>`` changes that field of whichever family the config names, and no other."""
+    if swap == "fields":
+        config = [str(_config(tmp_path / "config.yaml", tmp_path / "run", 1))]
+    else:
+        config = [str(REPO / "configs" / "demo.yaml"), "--config", str(REPO / "configs" / "qwen2_audio_tiny.yaml")]
+    with pytest.raises(SystemExit):
+        build_cli(["test", "--config", *config, "--model.model.system_prompt", "Answer briefly.",
+                   "--model.model.adapters.rank=4", "--print_config"])
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["model"]
+    assert model["qwen2_audio_path"].endswith("tiny-qwen2-audio") and model["dtype"] == "float32"
+    assert model["system_prompt"] == "Answer briefly." and model["adapters"]["rank"] == 4
+    assert model["adapters"]["target_modules"] == ["q_proj", "v_proj"]  # the group's other defaults
+
+
+def test_a_command_line_field_of_salmonn_keeps_the_others(capsys):
+    with pytest.raises(SystemExit):
+        build_cli(["test", "--config", str(REPO / "configs" / "demo.yaml"), "--model.model.qformer.hidden_size=64",
+                   "--model.model.lora_rank", "3", "--print_config"])
+    model = yaml.safe_load(capsys.readouterr().out)["model"]["model"]
+    assert (model["qformer"]["hidden_size"], model["qformer"]["num_hidden_layers"], model["lora_rank"]) == (64, 2, 3)
+    assert model["llm_path"] == "assets/tiny-salmonn/llama" and model["lora_alpha"] == 2

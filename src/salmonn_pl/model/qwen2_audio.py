@@ -453,7 +453,9 @@ class Qwen2AudioConfig:
     ``qwen2_audio_path``: a directory in the official format or a hub name
     (``Qwen/Qwen2-Audio-7B-Instruct``, resolved like SALMONN's weights, see
     :mod:`salmonn_pl.model.weights`). ``system_prompt``: ``None`` keeps the chat template's own
-    ("You are a helpful assistant."). ``adapters``: LoRA on the LLM (``None``: none). The field names
+    ("You are a helpful assistant."). ``adapters``: LoRA on the LLM (``None``: none); ``finetuned``: a
+    ``salmonn-pl fit`` checkpoint (``.ckpt``, a path or a name like SALMONN's ``ckpt``) whose adapters
+    are loaded into them (every adapter weight must be in it). The field names
     differ from :class:`~salmonn_pl.model.salmonn.SalmonnConfig`'s, so that a config swapping the
     family (``class_path``) cannot carry a SALMONN setting over. ``max_audio_seconds`` is the encoder's
     30 s window, fixed (the data module keeps as much audio, see ``salmonn-pl``'s link).
@@ -465,6 +467,7 @@ class Qwen2AudioConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "bfloat16"
     system_prompt: str | None = None
     adapters: QwenLoRASettings | None = None
+    finetuned: str = ""
     max_audio_seconds: float = MAX_AUDIO_SECONDS
 
     def __post_init__(self) -> None:
@@ -477,4 +480,23 @@ class Qwen2AudioConfig:
         if self.adapters is not None:
             a = self.adapters
             model.add_lora(a.rank, a.alpha, a.dropout, tuple(a.target_modules))
+        if self.finetuned:
+            if self.adapters is None:
+                raise ValueError(f"model.finetuned {self.finetuned!r}: a checkpoint of adapters needs model.adapters "
+                                 "(their rank and target modules) set as when it was trained")
+            load_adapters(model, resolve_weight(self.finetuned, "model.finetuned", "file"))
         return model
+
+
+def load_adapters(model: Qwen2Audio, path: str) -> None:
+    """The LoRA weights of a ``salmonn-pl fit`` checkpoint into ``model``: exactly its trainable weights."""
+    state = torch.load(path, map_location="cpu", weights_only=False).get("state_dict", {})
+    prefix = "family_model."
+    weights = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    wanted = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing, unknown = sorted(wanted - set(weights)), sorted(set(weights) - wanted)
+    if missing or unknown:
+        raise ValueError(f"model.finetuned {path}: does not hold this model's adapters (check model.adapters' rank "
+                         f"and target_modules): {len(missing)} missing, e.g. {missing[:2]}; {len(unknown)} unknown, "
+                         f"e.g. {unknown[:2]}")
+    model.load_state_dict(weights, strict=False)

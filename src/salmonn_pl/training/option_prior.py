@@ -9,6 +9,7 @@ keeps the graph, so a loss on the scores trains the model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +41,22 @@ def text_only_option_logprobs(
     Rows whose question has no ``"(a) ... (b) ..."`` options (e.g. open questions, or variants with
     the options stripped), or whose question does not appear in the prompt, are left out.
     """
+
+    def score(rows: list[int], answers: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return salmonn.answer_logprobs(salmonn.assemble([prompts[row] for row in rows], None, answers, padding_side))
+
+    return option_logprobs(score, prompts, questions, targets)
+
+
+def option_logprobs(
+    score: Callable[[list[int], list[str]], tuple[torch.Tensor, torch.Tensor]],
+    prompts: list[str],
+    questions: list[str | None],
+    targets: list[str],
+) -> OptionLikelihoods | None:
+    """:func:`text_only_option_logprobs` with the scoring given: ``score(rows, answers)`` returns the
+    summed log-likelihood (with its graph) and the token count of ``answers[i]`` after the text-only
+    prompt of batch row ``rows[i]`` (a model family scores its own prompt; see ``SalmonnModule``)."""
     rows, option_lists = [], []
     for row, (prompt, question) in enumerate(zip(prompts, questions)):
         parsed = parse_question(question) if question else None
@@ -49,10 +66,9 @@ def text_only_option_logprobs(
     if not rows:
         return None
 
-    flat_prompts = [prompts[row] for row, options in zip(rows, option_lists) for _ in options]
+    flat_rows = [row for row, options in zip(rows, option_lists) for _ in options]
     flat_answers = [f"({option_letter(i)}) {text}" for options in option_lists for i, text in enumerate(options)]
-    inputs = salmonn.assemble(flat_prompts, None, flat_answers, padding_side)
-    flat_logp, flat_count = salmonn.answer_logprobs(inputs)
+    flat_logp, flat_count = score(flat_rows, flat_answers)
 
     n_questions, k = len(rows), max(len(options) for options in option_lists)
     device = flat_logp.device
