@@ -44,7 +44,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from salmonn_pl.audio.load import SAMPLE_RATE, ChannelPolicy
-from salmonn_pl.data.collate import Example, SpeechCollator
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER, Example, SpeechCollator
 from salmonn_pl.data.long_audio import (
     Clip,
     build_long_audio,
@@ -67,7 +67,6 @@ from salmonn_pl.data.sakura import (
     read_sakura,
 )
 from salmonn_pl.settings_check import check_number
-from salmonn_pl.data.collate import SPEECH_PLACEHOLDER
 from salmonn_pl.data.variants import (
     DEFAULT_PROMPT_TEMPLATE,
     DistractorSource,
