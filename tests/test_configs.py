@@ -22,7 +22,8 @@ TINY = REPO / "configs" / "tiny.yaml"
 MODEL_SWAPS = [TINY, REPO / "configs" / "qwen2_audio.yaml", REPO / "configs" / "qwen2_audio_tiny.yaml"]
 CONFIGS = sorted(c for c in (REPO / "configs").glob("*.yaml") if c not in MODEL_SWAPS)
 DEMO_SAKURA = REPO / "assets" / "demo-sakura"
-SAKURA_RECIPES = ["sakura_eval.yaml", "sakura_7b_eval.yaml", "padding_sweep.yaml", "ablation_sweep.yaml"]
+SAKURA_RECIPES = ["sakura_eval.yaml", "sakura_7b_eval.yaml", "padding_sweep.yaml", "ablation_sweep.yaml",
+                  "caption_control.yaml"]
 PLACEHOLDER = "/PATH/TO/"
 
 
@@ -150,6 +151,20 @@ def test_ablation_sweep_variants(tiny_files):
     assert variants["no_options"].strip_options and variants["no_audio"].ablation == "no_audio"
 
 
+def test_caption_control_asks_every_question_heard_and_read(tiny_files):
+    from salmonn_pl.data.datamodule import DEFAULT_CAPTION_TEMPLATES
+
+    cli = instantiate(REPO / "configs" / "caption_control.yaml", *tiny_overrides(tiny_files),
+                      "--data.init_args.caption_templates", '{Synthetic: "It is {label}."}')
+    assert [(v.name, v.ablation) for v in cli.datamodule.variants] == [("original", "none"), ("text_caption", "no_audio")]
+    assert cli.datamodule.caption_templates == {**DEFAULT_CAPTION_TEMPLATES, "Synthetic": "It is {label}."}
+    recipe = yaml.safe_load((REPO / "configs" / "caption_control.yaml").read_text())
+    assert recipe["data"]["init_args"]["caption_templates"] == DEFAULT_CAPTION_TEMPLATES  # the defaults, written out
+    # The recipe on the demo track without its caption: an error that names the track and the setting.
+    with pytest.raises(ValueError, match=r"\['Synthetic'\].*data\.init_args\.caption_templates"):
+        instantiate(REPO / "configs" / "caption_control.yaml", *tiny_overrides(tiny_files))
+
+
 @pytest.mark.slow
 def test_main_recipe_runs_on_the_tiny_model(tiny_files, tmp_path, monkeypatch):
     """``salmonn-pl test`` of the main recipe, offline W&B included, with the tiny model on CPU."""
@@ -194,8 +209,10 @@ def test_every_recipe_composes_with_tiny_yaml(config, monkeypatch):
     for key in ("variants", "sweep"):
         if key in init_args and recipe["data"]["class_path"].endswith("SakuraDataModule"):
             assert settings.data.init_args[key] is not None, key
-    if "decoding" in recipe["model"]:
-        assert settings.model.decoding == recipe["model"]["decoding"]
+    if "decoder" in recipe["model"]:  # the recipe's decoder survives the model swap
+        named = recipe["model"]["decoder"]
+        named = named if isinstance(named, str) else named["class_path"]
+        assert type(cli.model.decoder).__name__ == named.rsplit(".", 1)[-1]
 
 
 @pytest.mark.parametrize("config", PROBE_CONFIGS, ids=lambda p: p.name)
@@ -278,3 +295,31 @@ def test_probe_runs_qwen2_audio_from_a_test_recipe(tmp_path, monkeypatch):
     report = json.loads((out / "attention_profile.json").read_text())
     assert report["settings"]["model_family"] == "Qwen2-Audio" and len(report["variants"]) == 13
     assert (out / "attention_vs_time.png").is_file()
+
+
+@pytest.mark.slow
+def test_caption_control_with_tiny_yaml_reports_hearing_vs_reasoning(tmp_path, monkeypatch):
+    """``salmonn-pl test --config configs/caption_control.yaml --config configs/tiny.yaml``: every question
+    heard and read as a caption, and the report's text-control table."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    build_cli(["test", "--config", "configs/caption_control.yaml", "--config", str(TINY), "--model.output_dir", str(out),
+               "--model.generation.max_new_tokens", "2", "--model.generation.num_beams", "1",
+               "--data.init_args.limit", "2", "--data.init_args.batch_size", "4"])
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    captions = [r for r in records if r["variant"] == "text_caption"]
+    assert len(records) == 8 and len(captions) == 4  # 2 clips x 2 hops, heard and read
+    for record in captions:
+        assert record["meta"]["caption"] == f"The sound is described as: {record['attribute_label']}."
+        assert record["meta"]["variant_params"]["ablation"] == "no_audio"
+    report = (out / "report.md").read_text()
+    assert "## Hearing vs reasoning (SAKURA text control)" in report
+    table = report.split("### original vs text_caption", 1)[1]
+    assert "| synthetic-multi |" in table and "| synthetic-single |" in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model_family"] == "SALMONN"
+    gap = next(line for line in table.splitlines() if line.startswith("| synthetic-single |")).split("|")[2:5]
+    audio, caption = (metrics["accuracy"][v]["synthetic-single"] for v in ("original", "text_caption"))
+    assert [cell.strip() for cell in gap] == [f"{audio:.1f}", f"{caption:.1f}", f"{caption - audio:+.1f}"]

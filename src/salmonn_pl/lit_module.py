@@ -431,7 +431,8 @@ class SalmonnModule(L.LightningModule):
     def on_test_start(self) -> None:
         from salmonn_pl.eval.evaluator import SakuraEvaluator
 
-        self.evaluator = SakuraEvaluator(str(self.output_dir), judge=self.judge, run_name=self.run_name)
+        self.evaluator = SakuraEvaluator(str(self.output_dir), judge=self.judge, run_name=self.run_name,
+                                         model_family=self.family)
         self.evaluator.start(self.global_rank, self.trainer.world_size, self.device)
         self._t0, self._answered = time.perf_counter(), 0
         if self.global_rank == 0:

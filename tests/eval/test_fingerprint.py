@@ -72,3 +72,16 @@ def test_large_files_are_sampled_but_a_changed_block_is_seen(tmp_path, monkeypat
         handle.seek((1 << 20) - 10)
         handle.write(b"changed!")
     assert path_digest(big) != digest
+
+
+def test_a_setting_added_later_at_its_neutral_value_still_resumes(tmp_path):
+    """A run.json written before a variant had ``text_caption`` resumes under a salmonn-pl whose
+    variants carry ``text_caption: false``; a caption variant is a change."""
+    before = {"data": {"variants": [{"pad_seconds": 15.0, "ablation": "none"}], "limit": None}}
+    check_run(tmp_path, before, "rule", has_answers=False)
+    same = {"data": {"variants": [{"pad_seconds": 15.0, "ablation": "none", "text_caption": False}],
+                     "caption_templates": None, "limit": None}}
+    assert check_run(tmp_path, same, "rule", has_answers=True) == "resume"
+    changed = {"data": {"variants": [{"pad_seconds": 15.0, "ablation": "none", "text_caption": True}], "limit": None}}
+    with pytest.raises(RunMismatch, match="data.variants"):
+        check_run(tmp_path, changed, "rule", has_answers=True)

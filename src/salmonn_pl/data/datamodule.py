@@ -17,6 +17,8 @@ Example YAML (``data:`` section of a LightningCLI config)::
           pad_seconds: [15, 30]
           pad_fill: [zero, noise]
           pad_position: [early, middle, late]
+        caption_templates:        # text_caption variants: added to / replacing DEFAULT_CAPTION_TEMPLATES
+          Animal: "The sound is made by this animal: {label}."
         batch_size: 8
         on_error: skip
 
@@ -42,7 +44,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from salmonn_pl.audio.load import SAMPLE_RATE, ChannelPolicy
-from salmonn_pl.data.collate import Example, SpeechCollator
+from salmonn_pl.data.collate import SPEECH_PLACEHOLDER, Example, SpeechCollator
 from salmonn_pl.data.long_audio import (
     Clip,
     build_long_audio,
@@ -75,6 +77,45 @@ from salmonn_pl.data.variants import (
     resolve_variants,
 )
 
+# SAKURA's text-based control: the attribute the audio carries, stated in words (``{label}`` is the
+# release's attribute_label, e.g. "female", "English", "dog", "fear"). Worded so that every label of
+# the release reads as a sentence (Emotion mixes adjectives, "happy", and nouns, "disgust").
+DEFAULT_CAPTION_TEMPLATES: dict[str, str] = {
+    "Animal": "The sound is made by this animal: {label}.",
+    "Emotion": "The emotion in the speaker's voice is: {label}.",
+    "Gender": "The speaker is {label}.",
+    "Language": "The speaker is speaking {label}.",
+}
+CAPTION_SETTING = "data.init_args.caption_templates"
+
+
+def resolve_caption_templates(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """:data:`DEFAULT_CAPTION_TEMPLATES` with ``overrides`` added or replacing them, each checked."""
+    templates = {**DEFAULT_CAPTION_TEMPLATES, **(overrides or {})}
+    for track, template in templates.items():
+        if not isinstance(template, str) or "{label}" not in template:
+            raise ValueError(f"{CAPTION_SETTING}.{track} must be a text holding '{{label}}', got {template!r}")
+        if SPEECH_PLACEHOLDER in template:
+            raise ValueError(f"{CAPTION_SETTING}.{track} must not hold {SPEECH_PLACEHOLDER}, got {template!r}")
+    return templates
+
+
+def check_caption_tracks(tracks: list[str], templates: dict[str, str], variants: list[Variant]) -> None:
+    """A text_caption variant needs a caption template for every selected track."""
+    captioned = [variant.name for variant in variants if variant.text_caption]
+    missing = [track for track in tracks if track not in templates]
+    if captioned and missing:
+        raise ValueError(
+            f"variant {captioned[0]!r} (text_caption) needs a caption template for track(s) {missing}; set "
+            f"{CAPTION_SETTING} (e.g. {{{missing[0]}: \"The sound is {{label}}.\"}}, {{label}} = the release's "
+            f"attribute_label); templates are given for {sorted(templates)}"
+        )
+
+
+def make_caption(template: str, label: str) -> str:
+    # replace, not format: a template may hold other braces, a label anything.
+    return template.replace("{label}", label)
+
 
 class SakuraDataset(Dataset):
     """Every question under every variant, as :class:`~salmonn_pl.data.collate.Example` dicts.
@@ -90,6 +131,12 @@ class SakuraDataset(Dataset):
     share it, and a clip never surrounds itself. A long-audio example's ``meta`` records where the
     clip sits (``clip_start_s`` = ``target_start_s``, ``target_end_s``) and the ``distractor_ids``
     (``<Track>/<file>``) in recording order.
+
+    A ``text_caption`` variant's example carries ``meta["caption"]``, the track's template of
+    ``caption_templates`` (default :data:`DEFAULT_CAPTION_TEMPLATES`) filled with the question's
+    attribute label, and its prompt holds the caption just before ``<SpeechHere>``, where the audio
+    tokens would be (SALMONN reads ``<Speech>The speaker is female.</Speech> ...``); the variant is
+    ``no_audio``, so nothing is put at ``<SpeechHere>``. Its ``audio_key`` is the clip's own.
     """
 
     def __init__(
@@ -99,10 +146,13 @@ class SakuraDataset(Dataset):
         prompt_template: str = DEFAULT_PROMPT_TEMPLATE,
         channel: ChannelPolicy = "first",
         distractor_questions: list[SakuraQuestion] | None = None,
+        caption_templates: dict[str, str] | None = None,
     ) -> None:
         check_prompt_template(prompt_template)
         self.questions = clip_by_clip(questions)
         self.variants = variants
+        self.caption_templates = resolve_caption_templates(caption_templates)
+        check_caption_tracks(sorted({q.track for q in questions}), self.caption_templates, variants)
         self.prompt_template = prompt_template
         self.channel = channel
         self.distractor_pool: list[Clip] = sakura_clip_pool(
@@ -125,6 +175,11 @@ class SakuraDataset(Dataset):
             padded, placement = self._long_audio(question, audio, variant)
         text = variant.apply_question(question.instruction)
         template = variant.prompt_template or self.prompt_template
+        caption = None
+        if variant.text_caption:
+            caption = make_caption(self.caption_templates[question.track], question.label)
+            # Where the audio tokens were; the variant is no_audio, so nothing goes at <SpeechHere>.
+            template = template.replace(SPEECH_PLACEHOLDER, caption + SPEECH_PLACEHOLDER)
         meta: dict[str, Any] = {
             "track": question.track,
             "hop": question.hop,
@@ -143,6 +198,7 @@ class SakuraDataset(Dataset):
             "clip_start_s": padded.clip_start / SAMPLE_RATE,
             "longer_than_target": padded.longer_than_target,
             **placement,
+            **({"caption": caption} if caption is not None else {}),
             **({"extra": question.extra} if question.extra else {}),
         }
         return Example(
@@ -246,6 +302,10 @@ class SakuraDataModule(L.LightningDataModule):
         layout: ``release`` (metadata.csv/json + wav), ``parquet`` (Hugging Face copy), ``hub`` (a hub
             name) or ``auto``.
         feature_dtype: compute precision of the Whisper log-mel.
+        caption_templates: per track, the caption that ``text_caption`` variants read instead of the
+            audio, with ``{label}`` for the release's attribute label; added to (or replacing)
+            :data:`DEFAULT_CAPTION_TEMPLATES` (Animal, Emotion, Gender, Language). A text_caption
+            variant over a track without a template is an error at start-up.
         max_audio_seconds: raw audio kept per clip, at least the official 30 s; above 30 s the model
             encodes 30 s chunks, e.g. for long-audio variants. ``salmonn-pl`` links it to
             ``model.model.max_audio_seconds`` (set there; a value given here is replaced).
@@ -276,6 +336,7 @@ class SakuraDataModule(L.LightningDataModule):
         layout: Layout = "auto",
         feature_dtype: Literal["float32", "float64"] = "float32",
         max_audio_seconds: float = 30.0,
+        caption_templates: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         check_prompt_template(prompt_template)
@@ -293,6 +354,9 @@ class SakuraDataModule(L.LightningDataModule):
         self.hops = list(hops)
         self.limit = limit
         self.variants = resolve_variants(variants, sweep)
+        # Resolved (defaults included), so the run fingerprint changes with any caption's wording.
+        self.caption_templates = resolve_caption_templates(caption_templates)
+        check_caption_tracks(self.tracks, self.caption_templates, self.variants)
         self.prompt_template = prompt_template
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -334,7 +398,8 @@ class SakuraDataModule(L.LightningDataModule):
             self.distractor_questions = self._distractor_questions(selected, questions)
         self.questions, self.skipped = questions, skipped
         self.dataset = SakuraDataset(
-            questions, self.variants, self.prompt_template, self.channel, distractor_questions=self.distractor_questions
+            questions, self.variants, self.prompt_template, self.channel, distractor_questions=self.distractor_questions,
+            caption_templates=self.caption_templates,
         )
 
     def _nothing_selected(self, skipped: list[Skipped]) -> str:

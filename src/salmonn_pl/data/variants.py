@@ -144,6 +144,10 @@ class Variant:
     zeroes for this variant (``zero_beats``, ``zero_whisper``, ``zero_audio`` for every audio token,
     or ``no_audio`` for a text-only prompt without audio tokens).
     ``prompt_template`` replaces the data module's template for this variant (``None`` keeps it).
+    ``text_caption`` is SAKURA's text-based control: the model hears nothing (``ablation`` becomes
+    ``no_audio``; another ablation is an error) and reads instead a caption stating the clip's
+    attribute, written where the audio tokens were (the data module's ``caption_templates``), so
+    the gap to the audio variant separates hearing from reasoning. Named ``text_caption``.
     """
 
     name: str | None = None
@@ -157,9 +161,12 @@ class Variant:
     long_audio_seconds: float | None = None
     long_audio_position: LongAudioPosition = "middle"
     long_audio_distractors: DistractorSource = "all_tracks"
+    text_caption: bool = False
 
     def __post_init__(self) -> None:
         who = f"Variant {self.name!r}" if self.name else "Variant"
+        if self.text_caption:
+            self._check_text_caption(who)
         if self.pad_seconds is not None and not _positive_number(self.pad_seconds):
             raise ValueError(f"{who}: pad_seconds must be positive (seconds) or null, got {self.pad_seconds!r}")
         if not _finite_number(self.noise_dbfs):
@@ -185,6 +192,21 @@ class Variant:
         if self.name is None:
             object.__setattr__(self, "name", self.default_name())
 
+    def _check_text_caption(self, who: str) -> None:
+        """A caption replaces the audio: no audio tokens, and no audio settings that would mean nothing."""
+        if self.ablation not in ("none", "no_audio"):
+            raise ValueError(
+                f"{who}: text_caption replaces the audio by a caption, so the model must hear nothing "
+                f"(ablation no_audio); got ablation {self.ablation!r}"
+            )
+        if self.pad_seconds is not None or self.long_audio_seconds is not None:
+            raise ValueError(
+                f"{who}: text_caption replaces the audio by a caption; pad_seconds ({self.pad_seconds}) and "
+                f"long_audio_seconds ({self.long_audio_seconds}) would change audio nobody hears; leave them null"
+            )
+        # The default ablation "none" means "not set": a caption variant is text-only.
+        object.__setattr__(self, "ablation", "no_audio")
+
     def default_name(self) -> str:
         parts = []
         if self.pad_seconds is not None:
@@ -198,8 +220,10 @@ class Variant:
                 parts.append(self.long_audio_distractors)
         if self.strip_options:
             parts.append("no_options")
-        if self.ablation != "none":
+        if self.ablation != "none" and not self.text_caption:  # a caption's no_audio goes without saying
             parts.append(self.ablation)
+        if self.text_caption:
+            parts.append("text_caption")
         if self.prompt_template is not None:
             parts.append(f"prompt{stable_seed(self.prompt_template) % 16**6:06x}")
         return "-".join(parts) or "original"
@@ -281,6 +305,9 @@ class VariantSweep:
     swept, ``noise_dbfs`` only multiplies ``noise`` fills, and without long audio its position and
     distractor source are not swept. Padding and long audio exclude each other, so combinations
     setting both are left out (list ``null`` in one of them to get both kinds of variant).
+    ``text_caption: [false, true]`` adds each audio variant's text control; a caption variant hears
+    nothing, so padding, long audio and ablations collapse for it (one ``text_caption`` variant per
+    question form and prompt, however many audio variants there are).
     """
 
     pad_seconds: list[float | None] = field(default_factory=lambda: [None])
@@ -293,6 +320,7 @@ class VariantSweep:
     long_audio_seconds: list[float | None] = field(default_factory=lambda: [None])
     long_audio_position: list[LongAudioPosition] = field(default_factory=lambda: ["middle"])
     long_audio_distractors: list[DistractorSource] = field(default_factory=lambda: ["all_tracks"])
+    text_caption: list[bool] = field(default_factory=lambda: [False])
 
     def __post_init__(self) -> None:
         empty = [name for name, values in asdict(self).items() if not values]
@@ -302,7 +330,7 @@ class VariantSweep:
 
     def expand(self) -> list[Variant]:
         variants: dict[str, Variant] = {}
-        for seconds, fill, position, dbfs, long_seconds, long_position, distractors, strip, ablation, template in (
+        for seconds, fill, position, dbfs, long_seconds, long_position, distractors, strip, ablation, template, caption in (
             itertools.product(
                 self.pad_seconds,
                 self.pad_fill,
@@ -314,8 +342,11 @@ class VariantSweep:
                 self.strip_options,
                 self.ablation,
                 self.prompt_template,
+                self.text_caption,
             )
         ):
+            if caption:
+                seconds, long_seconds, ablation = None, None, "no_audio"
             if seconds is not None and long_seconds is not None:
                 continue
             if seconds is None:
@@ -335,6 +366,7 @@ class VariantSweep:
                 long_audio_seconds=long_seconds,
                 long_audio_position=long_position,
                 long_audio_distractors=distractors,
+                text_caption=caption,
             )
             variants.setdefault(variant.name, variant)
         if not variants:

@@ -33,6 +33,7 @@ from salmonn_pl.eval.predictions import (
 from salmonn_pl.eval.report import (
     TEXT_ONLY_ABLATION,
     load_run,
+    model_family_of,
     write_report,
 )
 
@@ -75,7 +76,8 @@ def rejudge(
     else:
         records = judge_records(judge, records)
     write_jsonl(out / PREDICTIONS_FILE, records)
-    counts = write_run_outputs(out, records, run_name=out.name, model_name=model_name)
+    counts = write_run_outputs(out, records, run_name=out.name, model_name=model_name,
+                               model_family=model_family_of(run_dir))
     total = sum(c.questions for c in counts)
     correct = sum(c.correct for c in counts)
     unjudged = sum(c.unjudged for c in counts)

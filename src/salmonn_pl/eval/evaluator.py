@@ -48,7 +48,7 @@ from salmonn_pl.eval.predictions import (
     sakura_label,
     write_sakura_results,
 )
-from salmonn_pl.eval.report import METRICS_FILE, POSITION_PLOT, Run, log_to_wandb, write_report
+from salmonn_pl.eval.report import DEFAULT_MODEL_FAMILY, METRICS_FILE, POSITION_PLOT, Run, log_to_wandb, write_report
 
 
 def judge_records(judge: Judge, records: Sequence[Mapping[str, Any]]) -> list[Record]:
@@ -89,15 +89,19 @@ def write_run_outputs(
     model_name: str = "salmonn",
     skipped: Sequence[Any] = (),
     logger: Any = None,
+    model_family: str = DEFAULT_MODEL_FAMILY,
 ) -> list[SliceCounts]:
     """``metrics.json``, ``report.md`` (+ plot), the SAKURA-format result files and W&B logs of a run.
+
+    ``model_family`` (e.g. ``SALMONN``, ``Qwen2-Audio``) goes into ``metrics.json``, so that reports
+    over runs of several families label each run with its own.
 
     ``logger`` may be a logger, a list of them (``LightningModule.loggers``) or None; W&B loggers
     among them get the metrics, tables and plots, the others are left alone.
     """
     output_dir = Path(output_dir)
-    run = Run(run_name or output_dir.name, list(records), skipped=list(skipped))
-    document = metrics_document(run.counts, run.name, ",".join(run.judges) or None,
+    run = Run(run_name or output_dir.name, list(records), skipped=list(skipped), model_family=model_family)
+    document = metrics_document(run.counts, run.name, ",".join(run.judges) or None, model_family=model_family,
                                 predictions=PREDICTIONS_FILE, skipped=list(skipped), errors=error_entries(records))
     write_json_atomic(output_dir / METRICS_FILE, document)
     # Error records hold no answer: the benchmark's judge script would count them as wrong answers.
@@ -125,6 +129,8 @@ class SakuraEvaluator:
         judge: judge applied to each batch as it is stored (default: the offline rule judge).
         run_name: name of the run in reports (default: the directory name).
         model_name: model name in the SAKURA-format result file names.
+        model_family: the kind of model that answers (``SALMONN``, ``Qwen2-Audio``, ...), written to
+            ``metrics.json`` as ``model_family``; reports over several families label runs with it.
     """
 
     def __init__(
@@ -133,11 +139,15 @@ class SakuraEvaluator:
         judge: Judge | None = None,
         run_name: str | None = None,
         model_name: str = "salmonn",
+        model_family: str = DEFAULT_MODEL_FAMILY,
     ) -> None:
+        if not isinstance(model_family, str) or not model_family.strip():
+            raise ValueError(f"SakuraEvaluator: model_family must name the model's family (e.g. 'SALMONN'), got {model_family!r}")
         self.output_dir = Path(output_dir)
         self.judge = judge if judge is not None else RuleJudge()
         self.run_name = run_name
         self.model_name = model_name
+        self.model_family = model_family
         self.store: PredictionStore | None = None
         self.metric: SakuraAccuracy | None = None
 
@@ -195,7 +205,7 @@ class SakuraEvaluator:
             return counts
         records = store.merge_shards()
         return write_run_outputs(self.output_dir, records, self.run_name, self.model_name,
-                                 [_skipped_entry(s) for s in skipped], logger)
+                                 [_skipped_entry(s) for s in skipped], logger, model_family=self.model_family)
 
     def log_dict(self, counts: Sequence[SliceCounts], prefix: str = "test") -> dict[str, float]:
         """Scalars for ``LightningModule.log_dict`` (already reduced across ranks)."""

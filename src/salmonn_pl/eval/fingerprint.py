@@ -87,6 +87,17 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: json.loads(json.dumps(finite_json(value), default=str))}
 
 
+def without_neutral(value: Any) -> Any:
+    """``value`` without the mapping entries that are ``false`` or ``null`` (inside lists too): a setting
+    that a newer salmonn-pl added at its neutral value (e.g. a variant's ``text_caption: false``) is
+    not a change from a ``run.json`` written before it existed."""
+    if isinstance(value, Mapping):
+        return {k: without_neutral(v) for k, v in value.items() if v is not False and v is not None}
+    if isinstance(value, list):
+        return [without_neutral(v) for v in value]
+    return value
+
+
 def describe_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """``field: old -> new`` for every field that differs (``<absent>`` where one side lacks it)."""
     lines = []
@@ -122,7 +133,7 @@ def check_run(output_dir: str | Path, answers: Mapping[str, Any], judge: str, ha
         stored_answers, stored_judge = stored["answers"], stored["judge"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise RunMismatch(f"{path}: unreadable ({err}); to go on, {fresh}") from err
-    differences = describe_differences(stored_answers, current["answers"])
+    differences = describe_differences(without_neutral(stored_answers), without_neutral(current["answers"]))
     if differences:
         listing = "\n  ".join(differences)
         raise RunMismatch(

@@ -5,7 +5,10 @@ Tables are laid out like the study's: one row per run and variant, one column pe
 row on top for reference. Tracks beyond the four SAKURA ones (e.g. the demo's ``Synthetic``) get
 their own columns after the study's. Derived tables: the delta of every row against a baseline, and the
 audio-grounding gap (accuracy with audio minus accuracy of the matching text-only row, i.e. the
-variant whose audio tokens are all zeroed), both in percentage points.
+variant whose audio tokens are all zeroed), both in percentage points. SAKURA's text control
+(hearing vs reasoning): per track and hop, accuracy with the audio, with a caption stating the
+clip's attribute instead (the ``text_caption`` variant), and their gap. Runs of several model
+families (``metrics.json``'s ``model_family``; SALMONN when absent) are labelled with their family.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ TEXT_ONLY_ABLATION = "zero_audio"
 # Ablations whose rows answer without audio: the text-only references of the grounding gap.
 TEXT_ONLY_ABLATIONS = ("zero_audio", "no_audio")
 CONFIG_FILE = "config.yaml"
+DEFAULT_MODEL_FAMILY = "SALMONN"  # runs written before metrics.json named the family
+CAPTION_SECTION = "## Hearing vs reasoning (SAKURA text control)"
 
 
 def run_settings(run_dir: str | Path | None) -> dict[str, Any]:
@@ -72,6 +77,7 @@ class Run:
     records: list[Record]
     skipped: list[Any] = field(default_factory=list)  # questions the data loader left out, with reasons
     directory: Path | None = None  # the run's output directory, whose config.yaml names its settings
+    model_family: str = DEFAULT_MODEL_FAMILY  # which kind of model answered (SALMONN, Qwen2-Audio, ...)
 
     def __post_init__(self) -> None:
         self.counts: list[SliceCounts] = count_slices(self.records)
@@ -103,6 +109,17 @@ class Run:
         return sorted({str(r.get("judge")) for r in self.records if r.get("judge")})
 
 
+def model_family_of(run_dir: str | Path) -> str:
+    """The model family in a run directory's ``metrics.json`` (SALMONN for runs written before it said)."""
+    metrics = Path(run_dir) / METRICS_FILE
+    if not metrics.exists():
+        return DEFAULT_MODEL_FAMILY
+    family = json.loads(metrics.read_text()).get("model_family") or DEFAULT_MODEL_FAMILY
+    if not isinstance(family, str):
+        raise ValueError(f"{metrics}: model_family must be a name such as \"SALMONN\", got {family!r}")
+    return family
+
+
 def load_run(path: str | Path, name: str | None = None) -> Run:
     """A run from its output directory (or a predictions file); ``metrics.json`` adds skipped questions."""
     path = Path(path)
@@ -111,8 +128,9 @@ def load_run(path: str | Path, name: str | None = None) -> Run:
     metrics = run_dir / METRICS_FILE
     if metrics.exists():
         skipped = json.loads(metrics.read_text()).get("skipped", [])
+    family = model_family_of(run_dir)
     return Run(name=name or (run_dir.name if path.is_dir() or path.name == PREDICTIONS_FILE else path.stem),
-               records=read_predictions(path), skipped=skipped, directory=run_dir)
+               records=read_predictions(path), skipped=skipped, directory=run_dir, model_family=family)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,9 +145,18 @@ def _variant_label(run: Run, variant: str) -> str:
     return ablation if variant == "original" else f"{variant}+{ablation}"
 
 
+def _families(runs: Sequence[Run]) -> list[str]:
+    return list(dict.fromkeys(run.model_family for run in runs))
+
+
+def _run_label(run: Run, runs: Sequence[Run]) -> str:
+    """The run's name, with its model family when the runs are of more than one family."""
+    return f"{run.name} ({run.model_family})" if len(_families(runs)) > 1 else run.name
+
+
 def _row_label(run: Run, variant: str, runs: Sequence[Run]) -> str:
     label = _variant_label(run, variant)
-    return label if len(runs) == 1 else f"{run.name} / {label}"
+    return label if len(runs) == 1 else f"{_run_label(run, runs)} / {label}"
 
 
 def _ablation(run: Run, variant: str) -> str:
@@ -141,7 +168,9 @@ def _audio_free_key(run: Run, variant: str, ablation: str) -> str:
     """What a variant is apart from its ablation, to pair a text-only row with its audio row."""
     params = run.variant_params.get(variant)
     if params:
-        return json.dumps({k: v for k, v in params.items() if k not in ("name", "ablation")}, sort_keys=True, default=str)
+        # text_caption: false is left out, so runs written before the setting existed still pair.
+        kept = {k: v for k, v in params.items() if k not in ("name", "ablation") and not (k == "text_caption" and not v)}
+        return json.dumps(kept, sort_keys=True, default=str)
     stripped = variant.removesuffix(f"-{ablation}") if ablation != "none" else variant
     return "original" if stripped == ablation else stripped
 
@@ -181,6 +210,76 @@ def grounding_gaps(runs: Sequence[Run], text_only_run: Run | None = None,
                 gaps.append((_row_label(run, variant, everyone), _row_label(partner_run, partner_variant, everyone),
                              difference_pp(row, partner_run.table[partner_variant])))
     return gaps
+
+
+# ---------------------------------------------------------------------------------------------
+# Hearing vs reasoning: SAKURA's text control
+
+# Settings a caption variant shares with its audio variant: the question and the prompt it is asked in.
+_QUESTION_SETTINGS = ("strip_options", "prompt_template")
+
+
+def _is_caption(run: Run, variant: str) -> bool:
+    return bool(run.variant_params.get(variant, {}).get("text_caption"))
+
+
+def _hears_the_clip_as_released(run: Run, variant: str) -> bool:
+    """An audio variant the text control compares with: the clip unaltered, no ablation, no caption."""
+    params = run.variant_params.get(variant, {})
+    return (bool(params) and not params.get("text_caption") and _ablation(run, variant) == "none"
+            and params.get("pad_seconds") is None and params.get("long_audio_seconds") is None)
+
+
+def caption_pairs(run: Run) -> list[tuple[str, str]]:
+    """``(audio variant, text_caption variant)`` of a run: the same question and prompt, heard as
+    released or read as a caption."""
+    pairs = []
+    for caption in run.table:
+        if not _is_caption(run, caption):
+            continue
+        wanted = {k: run.variant_params[caption].get(k) for k in _QUESTION_SETTINGS}
+        for audio in run.table:
+            params = run.variant_params.get(audio, {})
+            if _hears_the_clip_as_released(run, audio) and all(params.get(k) == v for k, v in wanted.items()):
+                pairs.append((audio, caption))
+                break
+    return pairs
+
+
+def caption_gap_rows(run: Run, audio: str, caption: str, columns: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Per track-hop column (of ``columns`` that either variant has): audio and caption accuracy and
+    the gap, caption - audio in percentage points; then their average over those columns (None when
+    one variant lacks one of them)."""
+    heard, read = run.table[audio], run.table[caption]
+    shown = [c for c in columns if c in heard or c in read]
+    rows = []
+    for column in shown:
+        a, c = heard.get(column), read.get(column)
+        rows.append((column, {"audio": a, "caption": c, "gap": c - a if a is not None and c is not None else None}))
+    complete = all(c in heard and c in read for c in shown)
+    if len(shown) > 1:
+        a = sum(heard[c] for c in shown) / len(shown) if complete else None
+        c = sum(read[c] for c in shown) / len(shown) if complete else None
+        rows.append((average_label(shown), {"audio": a, "caption": c, "gap": c - a if complete else None}))
+    return rows
+
+
+def _caption_section(runs: Sequence[Run], columns: Sequence[str]) -> list[str]:
+    blocks = [(run, audio, caption) for run in runs for audio, caption in caption_pairs(run)]
+    if not blocks:
+        return []
+    lines = ["", CAPTION_SECTION, "",
+             ("The same questions, once with the audio and once with the audio replaced by a caption that states "
+              "the clip's attribute (`text_caption`: the model hears nothing and reads e.g. \"The speaker is "
+              "female.\"). gap = caption - audio (%p): a large gap means the model reasons with the attribute "
+              "when it is told it but does not hear it.")]
+    for run, audio, caption in blocks:
+        title = f"{audio} vs {caption}"
+        lines += ["", f"### {_run_label(run, runs)}: {title}" if len(runs) > 1 else f"### {title}", ""]
+        lines += ["| track / hop | audio (%) | caption (%) | gap (%p) |", "|---|---:|---:|---:|"]
+        lines += [f"| {label} | {_fmt(row['audio'])} | {_fmt(row['caption'])} | {_fmt(row['gap'], signed=True)} |"
+                  for label, row in caption_gap_rows(run, audio, caption, columns)]
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,12 +345,15 @@ def render_report(
     average = average_label(track_columns)
     columns = (*track_columns, average)
     judges = sorted({j for run in runs for j in run.judges}) or ["none"]
+    families = _families(runs)
     lines = [
         "# SAKURA results",
         "",
         (f"Judge: {', '.join(judges)}. Accuracy (%) = correct answers / questions; answers the judge could not "
          "decide (`unjudged`) count as not correct and are listed separately."),
         "",
+        *([f"Model families: {', '.join(families)} (each run's in brackets after its name).", ""]
+          if len(families) > 1 else []),
         "## Accuracy (%)",
         "",
     ]
@@ -263,7 +365,7 @@ def render_report(
              for run in runs for variant, row in run.table.items()]
     lines += _table("run / variant" if len(runs) > 1 else "variant", rows, columns)
 
-    summary_rows = [(run.name, overall(run.counts)) for run in runs]
+    summary_rows = [(_run_label(run, runs), overall(run.counts)) for run in runs]
     lines += ["", "## Questions", ""]
     lines += _table("run", summary_rows, ("questions", "correct", "incorrect", "unjudged", "accuracy"))
     for name, summary in summary_rows:
@@ -295,6 +397,8 @@ def render_report(
         lines += _table("with audio (vs text only)", [(f"{a} (vs {t})", _delta(gap, {}, track_columns, average))
                                                       for a, t, gap in gaps], columns, signed=True)
 
+    lines += _caption_section(runs, track_columns)
+
     flagged: dict[str, int] = {}
     for run in runs:
         for record in run.records:
@@ -305,7 +409,7 @@ def render_report(
         lines += ["", "## Clips longer than the padding target (left unpadded)", ""]
         lines += [f"- {label}: {n}" for label, n in flagged.items() if n]
 
-    skipped = [(run.name, len(run.skipped)) for run in runs if run.skipped]
+    skipped = [(_run_label(run, runs), len(run.skipped)) for run in runs if run.skipped]
     if skipped:
         lines += ["", "## Skipped questions (unreadable input; see metrics.json)", ""]
         lines += [f"- {name}: {n}" for name, n in skipped]
@@ -353,12 +457,38 @@ def _accuracy(run: Run, variant: str, column: str | None) -> float:
     return 100.0 * sum(c.correct for c in counts) / questions if questions else float("nan")
 
 
+@dataclass(frozen=True)
+class PositionLine:
+    """One line of the position plot: a run's accuracy per information position for one fill and duration."""
+
+    label: str
+    family: str
+    run: str
+    positions: tuple[float, ...]
+    accuracy: tuple[float, ...]
+
+
+def position_lines(runs: Sequence[Run], column: str | None = None) -> list[PositionLine]:
+    """The position plot's lines for every question (``column`` None) or one track-hop column: one
+    per run, fill and duration, labelled with the run (and its model family when the runs are of
+    several families), so each family's position effect is a line of its own."""
+    lines = []
+    for run in runs:
+        prefix = f"{_run_label(run, runs)}: " if len(runs) > 1 else ""
+        for label, points in sorted(_position_series(run).items()):
+            xs = tuple(sorted(points))
+            lines.append(PositionLine(f"{prefix}{label}", run.model_family, run.name, xs,
+                                      tuple(_accuracy(run, points[x], column) for x in xs)))
+    return lines
+
+
 def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None:
     """Accuracy vs where the information sits (early / middle / late), one line per run, fill and
-    duration; a grid of panels, all questions together and each track-hop column (the study's 4
-    tracks x 2 hops give 3 x 3 panels). The dashed line is the run's unpadded accuracy. Series are
-    shifted sideways a little and differ by marker, so identical ones stay visible. Returns None
-    when no run has positional variants."""
+    duration (:func:`position_lines`); a grid of panels, all questions together and each track-hop
+    column (the study's 4 tracks x 2 hops give 3 x 3 panels). The dashed line is the run's unpadded
+    accuracy. Series are shifted sideways a little and differ by marker, so identical ones stay
+    visible; runs of different model families differ by line style as well. Returns None when no
+    run has positional variants."""
     per_run = [(run, _position_series(run)) for run in runs]
     if not any(series for _, series in per_run):
         return None
@@ -373,29 +503,27 @@ def plot_position_accuracy(runs: Sequence[Run], path: str | Path) -> Path | None
     FigureCanvasAgg(figure)
     axes = figure.subplots(grid_rows, grid_columns, sharey=True, squeeze=False)
     colors = [f"C{i}" for i in range(10)]
-    series_count = sum(len(series) for _, series in per_run)
-    spread = 0.06 if series_count > 1 else 0.0
+    families = _families(runs)
     for index, ax in enumerate(axes.flat):
         if index >= len(panels):
             ax.set_visible(False)  # no empty panels
             continue
         column = panels[index]
-        color_index = 0
         for run_index, (run, series) in enumerate(per_run):
             # Runs differ by reference-line style; series by colour, marker and a small sideways shift.
-            line_style = ("--", ":", "-.")[run_index % 3]
             reference = _unpadded_variant(run)
-            run_prefix = f"{run.name}: " if len(runs) > 1 else ""
             if reference is not None and series:
-                ax.axhline(_accuracy(run, reference, column), color="0.4", linestyle=line_style, linewidth=1,
-                           label=f"{run_prefix}{_variant_label(run, reference)}")
-            for label, points in sorted(series.items()):
-                xs = sorted(points)
-                shift = (color_index - (series_count - 1) / 2) * spread / max(1, series_count - 1)
-                ax.plot([x + shift for x in xs], [_accuracy(run, points[x], column) for x in xs],
-                        marker="osD^v<>ph*"[color_index % 10], markersize=5, alpha=0.9,
-                        color=colors[color_index % len(colors)], label=f"{run_prefix}{label}")
-                color_index += 1
+                prefix = f"{_run_label(run, runs)}: " if len(runs) > 1 else ""
+                ax.axhline(_accuracy(run, reference, column), color="0.4", linestyle=("--", ":", "-.")[run_index % 3],
+                           linewidth=1, label=f"{prefix}{_variant_label(run, reference)}")
+        lines = position_lines(runs, column)
+        spread = 0.06 if len(lines) > 1 else 0.0
+        for line_index, line in enumerate(lines):
+            shift = (line_index - (len(lines) - 1) / 2) * spread / max(1, len(lines) - 1)
+            ax.plot([x + shift for x in line.positions], line.accuracy,
+                    linestyle=("-", "--", ":", "-.")[families.index(line.family) % 4],
+                    marker="osD^v<>ph*"[line_index % 10], markersize=5, alpha=0.9,
+                    color=colors[line_index % len(colors)], label=line.label)
         ax.set_title(column or "all questions", fontsize="medium")
         ax.set_xticks(list(POSITIONS.values()), list(POSITIONS))
         ax.set_xlim(-0.2, 1.2)
