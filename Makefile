@@ -11,9 +11,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: demo test test-fast
-# The main job on the embedded default: a tiny SALMONN and bundled sample data, no downloads.
+# The main job on the embedded default, no downloads: the study's padding sweep and text control on
+# bundled sample data, for a tiny SALMONN and a tiny Qwen2-Audio, and their side-by-side report.
 demo: $(VENV)/.installed
 	$(VENV)/bin/salmonn-pl test --config configs/demo.yaml
+	$(VENV)/bin/salmonn-pl test --config configs/demo.yaml --config configs/qwen2_audio_tiny.yaml \
+		--model.output_dir outputs/demo_qwen2_audio
+	$(VENV)/bin/salmonn-pl-eval report --runs '[outputs/demo, outputs/demo_qwen2_audio]' --output outputs/demo_families
 
 # The whole test suite (parity with the official tensors needs ../shared next to the repository),
 # with the 15 slowest tests listed at the end.

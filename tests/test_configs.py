@@ -323,3 +323,27 @@ def test_caption_control_with_tiny_yaml_reports_hearing_vs_reasoning(tmp_path, m
     gap = next(line for line in table.splitlines() if line.startswith("| synthetic-single |")).split("|")[2:5]
     audio, caption = (metrics["accuracy"][v]["synthetic-single"] for v in ("original", "text_caption"))
     assert [cell.strip() for cell in gap] == [f"{audio:.1f}", f"{caption:.1f}", f"{caption - audio:+.1f}"]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_both_families_and_writes_one_side_by_side_report(tmp_path, monkeypatch):
+    """``make demo``'s three commands, limited to one clip per hop: the padding sweep and the text control
+    on the tiny SALMONN and the tiny Qwen2-Audio, then one report over both."""
+    from salmonn_pl.eval.commands import main as eval_main
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    salmonn, qwen = tmp_path / "demo", tmp_path / "demo_qwen2_audio"
+    limit = ("--data.init_args.limit", "1")
+    build_cli(["test", "--config", "configs/demo.yaml", "--model.output_dir", str(salmonn), *limit])
+    build_cli(["test", "--config", "configs/demo.yaml", "--config", "configs/qwen2_audio_tiny.yaml",
+               "--model.output_dir", str(qwen), *limit])
+    eval_main(["report", "--runs", json.dumps([str(salmonn), str(qwen)]), "--output", str(tmp_path / "families")])
+    families = {json.loads((run / "metrics.json").read_text())["model_family"] for run in (salmonn, qwen)}
+    assert families == {"SALMONN", "Qwen2-Audio"}
+    report = (tmp_path / "families" / "report.md").read_text()
+    for run in ("demo (SALMONN)", "demo_qwen2_audio (Qwen2-Audio)"):
+        for variant in ("original", "pad15s-noise-early", "pad15s-noise-late", "text_caption"):
+            assert f"| {run} / {variant} |" in report
+        assert f"### {run}: original vs text_caption" in report
+    assert (tmp_path / "families" / "position_accuracy.png").is_file()
