@@ -78,7 +78,7 @@ def check_module_settings(model: Namespace | Mapping | None) -> None:
         path = decoder.get("class_path") if isinstance(decoder, Mapping) else decoder
         check_family_arguments(
             built["model"], values.get("ablation", "none"), values.get("padding_side", "left"),
-            values.get("lora_scale", 1.0), built.get("logits_processors"), values.get("format_forcing"),
+            values.get("lora_scale", 1.0), values.get("format_forcing"),
             _class(path) if isinstance(path, str) else None,
         )
     _build_decoder(values.get("decoder"))

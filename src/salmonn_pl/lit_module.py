@@ -30,7 +30,7 @@ from salmonn_pl.eval.run_lock import OutputDirLock
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.decoder import Decoder, DecodeInputs, Generate
 from salmonn_pl.generation.format_forcing import FormatForcingSettings, format_forcing_processor
-from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors
+from salmonn_pl.generation.processors import LogitsProcessorSettings, build_logits_processors, make_logits_processors
 from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model import audio_encoding
@@ -166,7 +166,7 @@ class SalmonnModule(L.LightningModule):
     def check_family_settings(self, datamodule=None) -> None:
         """:func:`check_family_arguments`, and the data module's variants against the family."""
         check_family_arguments(self.model_config, self.ablation, self.padding_side, self.lora_scale,
-                               self.processor_settings, self.format_forcing, self.decoder)
+                               self.format_forcing, self.decoder)
         for variant in getattr(datamodule, "variants", None) or ():
             self.model_config.model_class.check_variant(variant.name, variant.params())
 
@@ -358,9 +358,15 @@ class SalmonnModule(L.LightningModule):
         its response is no answer and must not be judged.
         """
         if self.family_model is not None:
-            ids = list(batch["id"])
-            return self.decoder.answer_family(self.family_model, questions_from_batch(batch, self.row_ablations(batch, ablation)),
-                                              ids, self.generation)
+            family = self.family_model
+            asked = questions_from_batch(batch, self.row_ablations(batch, ablation))
+            processors = []
+            if self.decoder.generates_text:
+                processors = make_logits_processors(
+                    self.processor_settings, family.answer_token_ids, lambda: family.prompt_token_ids(asked),
+                    family.end_of_answer_id, self.generation.num_beams, self.device,
+                )
+            return self.decoder.answer_family(family, asked, list(batch["id"]), self.generation, processors)
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
         questions = questions_of(batch)
@@ -525,7 +531,7 @@ def _dataset_size(dataloaders) -> int | None:
 
 
 def check_family_arguments(model, ablation: str = "none", padding_side: str = "left", lora_scale: float = 1.0,
-                           logits_processors=None, format_forcing=None, decoder=None) -> None:
+                           format_forcing=None, decoder=None) -> None:
     """Settings written for SALMONN that a family of :mod:`salmonn_pl.model.family` cannot follow raise
     :class:`~salmonn_pl.settings_check.SettingError` naming the setting, before the model loads."""
     family = getattr(model, "model_class", None)
@@ -537,7 +543,6 @@ def check_family_arguments(model, ablation: str = "none", padding_side: str = "l
     unsupported = {
         "padding_side": padding_side != "left",  # the family's processor pads on the left
         "lora_scale": lora_scale != 1.0,
-        "logits_processors": logits_processors not in (None, LogitsProcessorSettings()),
         "format_forcing": format_forcing is not None,
     }
     named = [name for name, is_set in unsupported.items() if is_set]

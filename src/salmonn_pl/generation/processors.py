@@ -7,6 +7,7 @@ the model would write it right after ``ASSISTANT:``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,17 +50,40 @@ def build_logits_processors(
     num_beams: int = 1,
     device: torch.device | str = "cpu",
 ) -> list[LogitsProcessor]:
+    """The processors for SALMONN prompts (``<SpeechHere>`` stands for the audio tokens)."""
+    return make_logits_processors(
+        settings,
+        encode_answer=tokenizer.encode,
+        prompt_ids=lambda: [tokenizer.encode(p.replace(SPEECH_PLACEHOLDER, " ")) for p in prompts],
+        eos_token_id=tokenizer.eos_token_id,
+        num_beams=num_beams,
+        device=device,
+    )
+
+
+def make_logits_processors(
+    settings: LogitsProcessorSettings,
+    encode_answer: Callable[[str], list[int]],
+    prompt_ids: Callable[[], list[list[int]]],
+    eos_token_id: int,
+    num_beams: int = 1,
+    device: torch.device | str = "cpu",
+) -> list[LogitsProcessor]:
+    """The configured processors, for any model family: ``encode_answer`` tokenises a phrase as the
+    start of an answer, ``prompt_ids()`` gives each row's prompt tokens without the audio, and
+    ``eos_token_id`` ends an answer. The processors see ``input_ids`` as one token before the answer
+    followed by the answer's tokens so far."""
     processors: list[LogitsProcessor] = []
     if settings.sequence_bias:
         bias = []
         for phrase, value in settings.sequence_bias.items():
-            ids = tokenizer.encode(phrase)
+            ids = encode_answer(phrase)
             if not ids:
                 raise ValueError(f"logits_processors.sequence_bias: phrase {phrase!r} has no tokens")
             bias.append([ids, float(value)])
         processors.append(SequenceBiasLogitsProcessor(sequence_bias=bias))
     if settings.encoder_repetition_penalty is not None:
-        rows = [tokenizer.encode(p.replace(SPEECH_PLACEHOLDER, " ")) for p in prompts]
+        rows = prompt_ids()
         width = max(len(r) for r in rows)
         # Pad with each row's own first token, so no token outside the prompt is touched.
         ids = torch.tensor([r + [r[0]] * (width - len(r)) for r in rows])
@@ -68,7 +92,5 @@ def build_logits_processors(
         )
     if settings.exponential_decay_length_penalty is not None:
         start, factor = settings.exponential_decay_length_penalty
-        processors.append(
-            ExponentialDecayLengthPenalty((int(start), float(factor)), tokenizer.eos_token_id, input_ids_seq_length=1)
-        )
+        processors.append(ExponentialDecayLengthPenalty((int(start), float(factor)), eos_token_id, input_ids_seq_length=1))
     return processors

@@ -91,6 +91,15 @@ class AudioLLM(torch.nn.Module, ABC):
         """The tokens of an answer text as the model would write it after its prompt."""
         raise NotImplementedError(f"{self.family} does not tokenise answers for the probes")
 
+    def prompt_token_ids(self, questions: Sequence[FamilyQuestion]) -> list[list[int]]:
+        """Each question's prompt tokens without the audio (logits processors that read the prompt)."""
+        raise NotImplementedError(f"{self.family} does not give its prompt tokens")
+
+    @property
+    def end_of_answer_id(self) -> int:
+        """The token that ends an answer."""
+        raise NotImplementedError(f"{self.family} does not name its end-of-answer token")
+
     def answer_attention(self, questions: Sequence[FamilyQuestion], answers: Sequence[Sequence[int]]) -> AnswerAttention:
         """One eager-attention forward of each question with its answer tokens (attention-position probes)."""
         raise NotImplementedError(f"the attention probes are not available for {self.family}")

@@ -111,6 +111,18 @@ def _as_waveform(audio: Waveform, index: int) -> np.ndarray:
     return audio.astype(np.float32, copy=False)
 
 
+class AfterPrompt(LogitsProcessor):
+    """A logits processor that sees the last prompt token and the answer so far, not the whole prompt:
+    what it sees under SALMONN's decoder (a start token and the answer), so that length- and
+    phrase-based processors count the same tokens for every family."""
+
+    def __init__(self, processor: LogitsProcessor, prompt_length: int) -> None:
+        self.processor, self.start = processor, prompt_length - 1
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        return self.processor(input_ids[:, self.start :], scores)
+
+
 class Qwen2Audio(AudioLLM):
     """A Qwen2-Audio checkpoint with the processor it was released with."""
 
@@ -262,7 +274,8 @@ class Qwen2Audio(AudioLLM):
                 max_new_tokens=max_new_tokens,
                 repetition_penalty=repetition_penalty,
                 length_penalty=length_penalty,
-                logits_processor=LogitsProcessorList(logits_processors) if logits_processors else None,
+                logits_processor=LogitsProcessorList([AfterPrompt(p, batch.input_ids.shape[1]) for p in logits_processors])
+                if logits_processors else None,
                 **knobs,
             )
         new_tokens = output[:, batch.input_ids.shape[1] :].tolist()
@@ -401,6 +414,14 @@ class Qwen2Audio(AudioLLM):
     @property
     def end_of_turn_id(self) -> int:
         return self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    @property
+    def end_of_answer_id(self) -> int:
+        return self.end_of_turn_id
+
+    def prompt_token_ids(self, questions: Sequence[FamilyQuestion]) -> list[list[int]]:
+        texts = [self.prompt(q.text, with_audio=False, system=self.system, caption=q.caption) for q in questions]
+        return [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
     def answer_log_likelihoods(
         self, questions: Sequence[FamilyQuestion], answers: Sequence[str], end_of_answer: bool = True
