@@ -552,7 +552,7 @@ def check_family_arguments(model, ablation: str = "none", padding_side: str = "l
     decoder_class = decoder if isinstance(decoder, type) or decoder is None else type(decoder)
     if decoder_class is not None and decoder_class.answer_family is Decoder.answer_family:
         raise SettingError(f"decoder {decoder_class.__name__} works on SALMONN's audio tokens; with "
-                           f"{family.family} use Generate or OptionScoring")
+                           f"{family.family} use Generate, Contrastive or OptionScoring")
 
 
 def check_module_arguments(lora_scale: float = 1.0) -> None:

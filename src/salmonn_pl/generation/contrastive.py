@@ -119,3 +119,34 @@ def contrastive_generate(
                              settings.beta, settings.plausibility)
 
     return generate(salmonn, prompts, audio_tokens, generation, padding_side, logits_processors, score_hook=hook)
+
+
+class FamilyContrast(LogitsProcessor):
+    """Audio-contrastive scores for a model family of :mod:`salmonn_pl.model.family` inside its own
+    ``generate`` (transformers'), as the last logits processor.
+
+    The second stream is the family's next-token logits for each row's audio-free question and the
+    answer so far (``next_token_logits``; recomputed each step, without a cache). The contrast is that
+    of :class:`AudioContrast` with the processed scores in place of the raw audio logits (equal unless
+    a processor rescales logits, e.g. a repetition penalty): greedy and sampling add
+    ``beta * (log p_audio - log p_text)``, beam search takes the contrastive log-probabilities
+    renormalised over the plausible tokens. It expects ``input_ids`` as a family's processors get them
+    (one token before the answer, then the answer: ``AfterPrompt``).
+    """
+
+    def __init__(self, model: torch.nn.Module, negatives: Sequence, beta: float, plausibility: float, beams: bool):
+        self.model, self.negatives, self.beta, self.beams = model, list(negatives), beta, beams
+        self.log_plausibility = math.log(plausibility) if plausibility > 0 else float("-inf")
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, items = scores.shape[0], len(self.negatives)
+        negatives = [self.negatives[row * items // rows] for row in range(rows)]
+        prefixes = input_ids[:, 1:].tolist()
+        text = F.log_softmax(self.model.next_token_logits(negatives, prefixes).float().to(scores.device), dim=-1)
+        audio = F.log_softmax(scores.float(), dim=-1)
+        implausible = scores < scores.max(dim=-1, keepdim=True).values + self.log_plausibility
+        if self.beams:
+            contrastive = ((1 + self.beta) * audio - self.beta * text).masked_fill(implausible, float("-inf"))
+            return F.log_softmax(contrastive, dim=-1).to(scores.dtype)
+        contrast = self.beta * (audio - text)
+        return (scores + contrast.to(scores.dtype)).masked_fill(implausible, float("-inf"))

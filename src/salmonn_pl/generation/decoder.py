@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from transformers import LogitsProcessor
 
-from salmonn_pl.generation.contrastive import ContrastiveSettings, contrastive_generate
+from salmonn_pl.generation.contrastive import ContrastiveSettings, FamilyContrast, contrastive_generate
 from salmonn_pl.generation.decode import DecodeOutput, GenerationSettings
 from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, Query, TokenVectors, diverse_beam_generate
 from salmonn_pl.generation.generate import generate
@@ -180,6 +180,14 @@ class Contrastive(TextDecoder):
     def sequences(self, model: Salmonn, inputs: DecodeInputs, processors: Sequence[LogitsProcessor]) -> DecodeOutput:
         return contrastive_generate(model, inputs.prompts, inputs.audio_tokens, inputs.generation, self.contrastive,
                                     inputs.padding_side, processors)
+
+    def answer_family(self, model: AudioLLM, questions: list[FamilyQuestion], ids: list[str],
+                      generation: GenerationSettings, logits_processors: Sequence[LogitsProcessor] = ()) -> list[dict]:
+        # The contrast stream: the same question without the audio (and without a caption in its place).
+        negatives = [dataclasses.replace(q, clip=None, caption=None, zero_audio=False) for q in questions]
+        contrast = FamilyContrast(model, negatives, self.contrastive.beta, self.contrastive.plausibility,
+                                  beams=generation.num_beams > 1)
+        return Generate().answer_family(model, questions, ids, generation, [*logits_processors, contrast])
 
 
 class OptionScoring(Decoder):

@@ -91,6 +91,11 @@ class AudioLLM(torch.nn.Module, ABC):
         """The tokens of an answer text as the model would write it after its prompt."""
         raise NotImplementedError(f"{self.family} does not tokenise answers for the probes")
 
+    def next_token_logits(self, questions: Sequence[FamilyQuestion], prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``[rows, vocab]`` logits of the token after each question's prompt and answer prefix (one
+        forward, no cache): the second stream of audio-contrastive decoding."""
+        raise NotImplementedError(f"audio-contrastive decoding is not available for {self.family}")
+
     def prompt_token_ids(self, questions: Sequence[FamilyQuestion]) -> list[list[int]]:
         """Each question's prompt tokens without the audio (logits processors that read the prompt)."""
         raise NotImplementedError(f"{self.family} does not give its prompt tokens")

@@ -372,7 +372,7 @@ class Qwen2Audio(AudioLLM):
     def _teacher_forced(self, questions, audios, answer_ids: Sequence[Sequence[int]], system=None, captions=None):
         """``[left padding | prompt | answer | right padding]`` model inputs, positions counting real tokens."""
         batch = self.batch(questions, audios, system=system, captions=captions)
-        longest = max(len(a) for a in answer_ids)
+        longest = max((len(a) for a in answer_ids), default=0)
         size = batch.input_ids.shape[0]
         tail = torch.full((size, longest), self.pad_token_id, dtype=torch.long, device=self.device)
         tail_mask = torch.zeros((size, longest), dtype=torch.long, device=self.device)
@@ -386,6 +386,17 @@ class Qwen2Audio(AudioLLM):
         inputs = batch.model_inputs() | {"input_ids": input_ids, "attention_mask": attention_mask,
                                          "position_ids": position_ids}
         return batch, inputs, tail, tail_mask
+
+    @torch.no_grad()
+    def next_token_logits(self, questions: Sequence[FamilyQuestion], prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
+        audios = [q.clip for q in questions]
+        batch, inputs, _, _ = self._teacher_forced([q.text for q in questions], audios, [list(p) for p in prefixes],
+                                                  captions=[q.caption for q in questions])
+        with self.zeroed_audio([q.zero_audio for q in questions], audios):
+            logits = self.model(**inputs, use_cache=False).logits
+        # Row k's next token follows its prompt and its own prefix (the prefixes are right-padded).
+        last = torch.tensor([batch.input_ids.shape[1] - 1 + len(p) for p in prefixes], device=logits.device)
+        return logits[torch.arange(len(prefixes), device=logits.device), last]
 
     @torch.no_grad()
     def answer_attention(self, questions: Sequence[FamilyQuestion], answers: Sequence[Sequence[int]]) -> AnswerAttention:
