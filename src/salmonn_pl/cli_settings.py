@@ -79,7 +79,7 @@ def check_module_settings(model: Namespace | Mapping | None) -> None:
         check_family_arguments(
             built["model"], values.get("ablation", "none"), values.get("padding_side", "left"),
             values.get("lora_scale", 1.0), values.get("format_forcing"),
-            _class(path) if isinstance(path, str) else None,
+            _decoder(decoder, path),
         )
     _build_decoder(values.get("decoder"))
     names = inspect.signature(check_module_arguments).parameters
@@ -108,6 +108,16 @@ def _class(path: str) -> type | None:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
         return None
+
+
+def _decoder(value: Any, path: Any) -> Any:
+    """The parsed ``decoder`` built (its settings are what the family checks read), else its class."""
+    cls = _class(path) if isinstance(path, str) else None
+    init_args = value.get("init_args") if isinstance(value, Mapping) else None
+    try:
+        return cls(**dict(init_args or {})) if cls is not None else None
+    except (TypeError, ValueError):  # its own checks report a bad value
+        return cls
 
 
 def exit_on_setting_error(model: Namespace | Mapping | None) -> None:

@@ -552,7 +552,11 @@ def check_family_arguments(model, ablation: str = "none", padding_side: str = "l
     decoder_class = decoder if isinstance(decoder, type) or decoder is None else type(decoder)
     if decoder_class is not None and decoder_class.answer_family is Decoder.answer_family:
         raise SettingError(f"decoder {decoder_class.__name__} works on SALMONN's audio tokens; with "
-                           f"{family.family} use Generate, Contrastive or OptionScoring")
+                           f"{family.family} use Generate, Contrastive, DiverseBeam or OptionScoring")
+    diverse = getattr(decoder, "diverse_beam", None)
+    if diverse is not None and diverse.query != "generated_mean":
+        raise SettingError(f"decoder.query {diverse.query!r} needs the decoder's hidden states, which "
+                           f"{family.family}'s generate does not give; use generated_mean")
 
 
 def check_module_arguments(lora_scale: float = 1.0) -> None:

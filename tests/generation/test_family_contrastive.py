@@ -63,3 +63,15 @@ def test_beam_contrast_answers_each_row_as_alone(qwen, asked):
     decoder = Contrastive(beta=2.0, plausibility=0.05)
     batched = _answers(decoder, qwen, asked, 4)
     assert [_answers(decoder, qwen, [q], 4)[0] for q in asked] == batched
+
+
+def test_diverse_beams_without_penalty_are_beam_search_and_rows_stay_independent(qwen, asked):
+    from salmonn_pl.generation.decoder import DiverseBeam
+
+    assert _answers(DiverseBeam(alpha=0.0), qwen, asked, 4) == _answers(Generate(), qwen, asked, 4)
+    diverse = DiverseBeam(alpha=5.0)
+    batched = _answers(diverse, qwen, asked, 4)
+    assert batched != _answers(Generate(), qwen, asked, 4)  # the penalty moves the search
+    assert [_answers(diverse, qwen, [q], 4)[0] for q in asked] == batched
+    with pytest.raises(ValueError, match="num_beams must be >= 2"):
+        _answers(diverse, qwen, asked, 1)

@@ -91,7 +91,8 @@ def test_every_answer_of_a_batched_run_is_the_answer_alone(tmp_path, num_beams):
     ("override", "message"),
     [
         (["--model.ablation", "zero_beats"], "model.ablation 'zero_beats' has no meaning for Qwen2-Audio"),
-        (["--model.decoder", "DiverseBeam"], "model.decoder DiverseBeam works on SALMONN's audio tokens"),
+        (["--model.decoder", "DiverseBeam", "--model.decoder.query", "hidden"],
+         "model.decoder.query 'hidden' needs the decoder's hidden states"),
         (["--model.padding_side", "right"], "model.padding_side: SALMONN-only setting"),
         (["--model.lora_scale", "2"], "model.lora_scale: SALMONN-only setting"),
     ],

@@ -19,7 +19,14 @@ from transformers import LogitsProcessor
 
 from salmonn_pl.generation.contrastive import ContrastiveSettings, FamilyContrast, contrastive_generate
 from salmonn_pl.generation.decode import DecodeOutput, GenerationSettings
-from salmonn_pl.generation.diverse_beam import DiverseBeamSettings, Query, TokenVectors, diverse_beam_generate
+from salmonn_pl.generation.diverse_beam import (
+    DiverseBeamSettings,
+    FamilySimilarityPenalty,
+    Query,
+    SimilarityPenalty,
+    TokenVectors,
+    diverse_beam_generate,
+)
 from salmonn_pl.generation.generate import generate
 from salmonn_pl.generation.nonfinite import NonFiniteLogits
 from salmonn_pl.generation.option_scoring import OptionScoringSettings, score_family_options, score_options
@@ -161,6 +168,18 @@ class DiverseBeam(TextDecoder):
     def sequences(self, model: Salmonn, inputs: DecodeInputs, processors: Sequence[LogitsProcessor]) -> DecodeOutput:
         return diverse_beam_generate(model, inputs.prompts, inputs.audio_tokens, inputs.generation, self.diverse_beam,
                                      inputs.padding_side, processors)
+
+    def answer_family(self, model: AudioLLM, questions: list[FamilyQuestion], ids: list[str],
+                      generation: GenerationSettings, logits_processors: Sequence[LogitsProcessor] = ()) -> list[dict]:
+        if generation.num_beams < 2:
+            raise SettingError(f"generation.num_beams must be >= 2 for diverse beam search, got {generation.num_beams}")
+        settings = self.diverse_beam
+        penalty = []
+        if settings.alpha > 0:  # without a penalty, plain beam search runs untouched
+            vectors = model.token_vectors(settings.token_vectors)
+            hook = SimilarityPenalty(settings.alpha, vectors, settings.query, model.token_vectors("input"))
+            penalty = [FamilySimilarityPenalty(hook, generation.num_beams)]
+        return Generate().answer_family(model, questions, ids, generation, [*logits_processors, *penalty])
 
 
 class Contrastive(TextDecoder):

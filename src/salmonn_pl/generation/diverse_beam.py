@@ -107,6 +107,22 @@ def similarity_penalty(llm: torch.nn.Module, settings: DiverseBeamSettings) -> S
     return SimilarityPenalty(settings.alpha, vectors, settings.query, input_embeddings)
 
 
+class FamilySimilarityPenalty(LogitsProcessor):
+    """:class:`SimilarityPenalty` with the ``generated_mean`` query as the last logits processor of a
+    model family's beam search (transformers' generate gives processors no hidden states); it expects
+    ``input_ids`` as a family's processors get them (one token before the answer, then the answer)."""
+
+    def __init__(self, penalty: SimilarityPenalty, num_beams: int) -> None:
+        if penalty.query != "generated_mean":
+            raise ValueError(f"diverse_beam.query {penalty.query!r} needs the decoder's hidden states; with a model "
+                             "family other than SALMONN use query: generated_mean")
+        self.penalty, self.num_beams = penalty, num_beams
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = DecodeStep(input_ids, scores, scores, None, self.num_beams)
+        return self.penalty(step).to(scores.dtype)
+
+
 @torch.no_grad()
 def diverse_beam_generate(
     salmonn: Salmonn,

@@ -96,6 +96,11 @@ class AudioLLM(torch.nn.Module, ABC):
         forward, no cache): the second stream of audio-contrastive decoding."""
         raise NotImplementedError(f"audio-contrastive decoding is not available for {self.family}")
 
+    def token_vectors(self, kind: str) -> torch.Tensor:
+        """``[vocab, hidden]`` input-embedding (``"input"``) or output-projection (``"output"``) rows of
+        the LLM (diverse beam search compares candidates by them)."""
+        raise NotImplementedError(f"diverse beam search is not available for {self.family}")
+
     def prompt_token_ids(self, questions: Sequence[FamilyQuestion]) -> list[list[int]]:
         """Each question's prompt tokens without the audio (logits processors that read the prompt)."""
         raise NotImplementedError(f"{self.family} does not give its prompt tokens")

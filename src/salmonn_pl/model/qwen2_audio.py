@@ -387,6 +387,10 @@ class Qwen2Audio(AudioLLM):
                                          "position_ids": position_ids}
         return batch, inputs, tail, tail_mask
 
+    def token_vectors(self, kind: str) -> torch.Tensor:
+        layer = self.model.get_input_embeddings() if kind == "input" else self.model.get_output_embeddings()
+        return layer.weight.detach()
+
     @torch.no_grad()
     def next_token_logits(self, questions: Sequence[FamilyQuestion], prefixes: Sequence[Sequence[int]]) -> torch.Tensor:
         audios = [q.clip for q in questions]
