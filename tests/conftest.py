@@ -58,3 +58,12 @@ def tiny_salmonn(tiny_config):
     from salmonn_pl.model.salmonn import Salmonn
 
     return Salmonn(tiny_config).eval()
+
+
+@pytest.fixture(scope="session")
+def qwen():
+    """The bundled tiny Qwen2-Audio (assets/tiny-qwen2-audio), loaded once; tests must not change it."""
+    from salmonn_pl.model.qwen2_audio import Qwen2Audio
+    from tests.helpers.qwen2_audio import TINY_QWEN
+
+    return Qwen2Audio.from_pretrained(TINY_QWEN)

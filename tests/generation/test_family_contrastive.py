@@ -11,24 +11,14 @@ import torch.nn.functional as F
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.decoder import Contrastive, Generate
 from salmonn_pl.model.family import FamilyQuestion
-from salmonn_pl.model.qwen2_audio import Qwen2Audio
-from tests.helpers.cli_runs import REPO
+from tests.helpers.qwen2_audio import noise_questions
 
-QUESTIONS = ["Which animal makes this sound? (a) dog (b) cat (c) frog (d) hen",
-             "What is the speaker's emotion? (a) happy (b) sad (c) angry (d) neutral"]
 MAX_NEW_TOKENS = 6
 
 
 @pytest.fixture(scope="module")
-def qwen():
-    return Qwen2Audio.from_pretrained(REPO / "assets" / "tiny-qwen2-audio")
-
-
-@pytest.fixture(scope="module")
 def asked():
-    rng = np.random.default_rng(1)
-    clips = [torch.from_numpy(rng.standard_normal(n).astype(np.float32) * 0.1) for n in (16000, 40000)]
-    return [FamilyQuestion(text=q, clip=c) for q, c in zip(QUESTIONS, clips)]
+    return noise_questions(seed=1)
 
 
 def _answers(decoder, qwen, asked, num_beams):

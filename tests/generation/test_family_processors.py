@@ -3,31 +3,17 @@ the start of an answer, lengths counted from the answer's first token."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
 
 from salmonn_pl.generation.decoder import Generate
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.generation.processors import LogitsProcessorSettings, make_logits_processors
-from salmonn_pl.model.family import FamilyQuestion
-from salmonn_pl.model.qwen2_audio import Qwen2Audio
-from tests.helpers.cli_runs import REPO
-
-QUESTIONS = ["Which animal makes this sound? (a) dog (b) cat (c) frog (d) hen",
-             "What is the speaker's emotion? (a) happy (b) sad (c) angry (d) neutral"]
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return Qwen2Audio.from_pretrained(REPO / "assets" / "tiny-qwen2-audio")
+from tests.helpers.qwen2_audio import QUESTIONS, noise_questions
 
 
 @pytest.fixture(scope="module")
 def asked():
-    rng = np.random.default_rng(0)
-    clips = [torch.from_numpy(rng.standard_normal(n).astype(np.float32) * 0.1) for n in (16000, 40000)]
-    return [FamilyQuestion(text=q, clip=c) for q, c in zip(QUESTIONS, clips)]
+    return noise_questions(seed=0)
 
 
 def _answers(qwen, asked, settings: LogitsProcessorSettings, num_beams: int = 1) -> list[str]:

@@ -11,7 +11,7 @@ from salmonn_pl.data.variants import Variant
 from salmonn_pl.lit_module import select_rows
 from salmonn_pl.model.qwen2_audio import Qwen2Audio
 from salmonn_pl.probes.attention import profile_family_batch
-from tests.helpers.cli_runs import DEMO_SAKURA, REPO
+from tests.helpers.cli_runs import DEMO_SAKURA
 
 
 @pytest.fixture(scope="module")
@@ -21,11 +21,6 @@ def batch():
                                       Variant(ablation="no_audio")])
     data.setup("test")
     return next(iter(data.test_dataloader()))
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return Qwen2Audio.from_pretrained(REPO / "assets" / "tiny-qwen2-audio")
 
 
 @pytest.mark.parametrize("answers", ["reference", "generated"])

@@ -16,8 +16,8 @@ from transformers import Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 from salmonn_pl.cli import build_cli
 from tests.helpers.cli_runs import REPO
 from tests.helpers.golden import SAKURA_MINI
+from tests.helpers.qwen2_audio import TINY_QWEN
 
-TINY_QWEN = REPO / "assets" / "tiny-qwen2-audio"
 MAX_NEW_TOKENS = 10
 
 

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from tests.helpers.cli_runs import REPO
+from tests.helpers.qwen2_audio import TINY_QWEN
 from tests.helpers.fit_runs import checkpoint_callback, run_fit, write_fit_config
 
-TINY_QWEN = REPO / "assets" / "tiny-qwen2-audio"
 QWEN = {"qwen2_audio_path": str(TINY_QWEN), "dtype": "float32", "adapters": {"rank": 4, "alpha": 8}}
 
 

@@ -236,13 +236,7 @@ def profile_batch(
     (the golden answer). Each row's encoder ablation is its variant's (``meta["variant_params"]["ablation"]``); rows of
     a text-only variant (``no_audio``) have no audio to attend to and are left out.
     """
-    if model.training:
-        raise ValueError("profile_batch needs the model in eval mode: dropout would make the attention random")
-    if answers not in get_args(AnswerSource):
-        raise ValueError(f"answers must be one of {get_args(AnswerSource)}, got {answers!r}")
-    metas = list(batch.get("meta") or [{} for _ in batch["prompt"]])
-    ids = [str(i) for i in batch.get("id") or range(len(metas))]
-    ablations = _row_ablations(ids, metas)
+    ids, metas, ablations = _batch_rows(model, batch, answers)
     rows = [i for i, ablation in enumerate(ablations) if ablation != TEXT_ONLY]
     if not rows:
         return []
@@ -309,13 +303,7 @@ def profile_family_batch(
     family places the audio tokens and says which seconds each covers (40 ms each for Qwen2-Audio);
     there is no Q-Former, and the encoder hears the clip only (no window padding beyond it).
     ``generated`` answers are the family's answer texts, tokenised as it tokenises answers."""
-    if model.training:
-        raise ValueError("profile_family_batch needs the model in eval mode: dropout would make the attention random")
-    if answers not in get_args(AnswerSource):
-        raise ValueError(f"answers must be one of {get_args(AnswerSource)}, got {answers!r}")
-    metas = list(batch.get("meta") or [{} for _ in batch["prompt"]])
-    ids = [str(i) for i in batch.get("id") or range(len(metas))]
-    ablations = _row_ablations(ids, metas)
+    ids, metas, ablations = _batch_rows(model, batch, answers)
     questions = questions_from_batch(batch, ablations)
     rows = [i for i, q in enumerate(questions) if q.clip is not None]
     if not rows:
@@ -350,6 +338,17 @@ def profile_family_batch(
             )
         )
     return profiles
+
+
+def _batch_rows(model: torch.nn.Module, batch: Mapping[str, Any], answers: AnswerSource):
+    """The batch's ids, metas and per-row ablations, after checking that the probe can run."""
+    if model.training:
+        raise ValueError("the attention probe needs the model in eval mode: dropout would make the attention random")
+    if answers not in get_args(AnswerSource):
+        raise ValueError(f"answers must be one of {get_args(AnswerSource)}, got {answers!r}")
+    metas = list(batch.get("meta") or [{} for _ in batch["prompt"]])
+    ids = [str(i) for i in batch.get("id") or range(len(metas))]
+    return ids, metas, _row_ablations(ids, metas)
 
 
 def _row_ablations(ids: list[str], metas: list[Mapping[str, Any]]) -> list[str]:
