@@ -168,7 +168,7 @@ class SalmonnModule(L.LightningModule):
         check_family_arguments(self.model_config, self.ablation, self.padding_side, self.lora_scale,
                                self.format_forcing, self.decoder)
         for variant in getattr(datamodule, "variants", None) or ():
-            self.model_config.model_class.check_variant(variant.name, variant.params())
+            self.model_config.model_class.check_variant(variant.name, variant.params(), self.model_config.max_audio_seconds)
 
     def setup(self, stage: str) -> None:
         if not isinstance(self.model_config, Qwen2AudioConfig):

@@ -320,3 +320,47 @@ def test_the_bundled_tiny_model_is_the_factorys(tiny_dir):
     ours, theirs = load_file(bundled / "model.safetensors"), load_file(tiny_dir / "model.safetensors")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert (bundled / "tokenizer.json").read_text() == (tiny_dir / "tokenizer.json").read_text()
+
+
+def test_a_clip_longer_than_the_window_is_heard_in_equal_chunks(tiny_dir, reference, items):
+    """70 s: three audio parts of 23.3 s in the turn, as transformers' processor takes three clips;
+    the answer is the one it gives that turn alone, and token seconds run on across the chunks."""
+    long_qwen = Qwen2Audio.from_pretrained(tiny_dir, max_audio_seconds=90)
+    question, _, audio = items[1]
+    clip = np.tile(audio, int(np.ceil(70 * SAMPLE_RATE / len(audio))))[: 70 * SAMPLE_RATE]
+    batch = long_qwen.batch([question, items[0][0]], [clip, items[0][2]])
+    chunks = np.array_split(clip, 3)
+    positions, seconds = long_qwen.audio_spans(batch)[0]
+    assert len(positions) == sum(Qwen2Audio.num_audio_tokens(len(c)) for c in chunks)
+    assert seconds[0, 0] == 0 and 69.9 < seconds[-1, 1] <= 70.0
+    assert bool((seconds[1:, 0] >= seconds[:-1, 0]).all())  # in order, across the chunks
+    model, processor = reference
+    content = [{"type": "audio", "audio_url": f"c{k}.wav"} for k in range(3)] + [{"type": "text", "text": question}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+    assert text.count("<|audio_bos|>") == 3 and "Audio 3:" in text
+    inputs = processor(text=text, audio=chunks, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    with torch.no_grad():
+        alone = model.generate(**inputs, do_sample=False, max_new_tokens=MAX_NEW_TOKENS)
+    expected = _cut_at_end(alone[0, inputs["input_ids"].shape[1]:].tolist(), set(model.generation_config.eos_token_id))
+    batched = long_qwen.generate([question, items[0][0]], [clip, items[0][2]], max_new_tokens=MAX_NEW_TOKENS)
+    assert batched.token_ids[0] == expected
+    with pytest.raises(ValueError, match=r"91.00 s is longer than Qwen2-Audio's 90 s model.max_audio_seconds"):
+        long_qwen.batch(["q"], [np.zeros(91 * SAMPLE_RATE, dtype=np.float32)])
+
+
+def test_zero_audio_zeroes_every_chunk_of_a_long_clip(tiny_dir, items):
+    long_qwen = Qwen2Audio.from_pretrained(tiny_dir, max_audio_seconds=60)
+    question, answer, audio = items[1]
+    clip = np.tile(audio, int(np.ceil(45 * SAMPLE_RATE / len(audio))))[: 45 * SAMPLE_RATE]
+    with torch.no_grad():
+        zeroed = long_qwen.answer_log_likelihood([question], [clip], [answer], zero_audio=[True])
+        batch = long_qwen.batch([question], [clip])
+        answer_ids = torch.tensor([long_qwen.answer_token_ids(answer)])
+        input_ids = torch.cat([batch.input_ids, answer_ids], dim=1)
+        embeds = long_qwen.model.get_input_embeddings()(input_ids)
+        embeds[0, batch.audio_positions[0]] = 0.0
+        logits = long_qwen.model(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids)).logits
+    prompt_len = batch.input_ids.shape[1]
+    by_hand = logits[0, prompt_len - 1 : -1].double().log_softmax(-1).gather(-1, answer_ids[0][:, None]).sum()
+    assert zeroed[0].item() == pytest.approx(by_hand.item(), abs=1e-4)

@@ -108,7 +108,7 @@ def test_salmonn_only_settings_fail_when_parsed(tmp_path, capsys, override, mess
 def test_a_variant_longer_than_the_window_fails_before_any_answer(tmp_path):
     config = _config(tmp_path / "config.yaml", tmp_path / "run", 1)
     with pytest.raises(ValueError, match=r"variant 'pad45s-zero-early': pad_seconds 45.0 is longer than "
-                                         r"Qwen2-Audio's 30 s audio window"):
+                                         r"model.model.max_audio_seconds \(30 s\); Qwen2-Audio would not hear"):
         build_cli(["test", "--config", str(config), "--data.init_args.variants", '[{"pad_seconds": 45}]'])
     assert not (tmp_path / "run" / "predictions.jsonl").exists()
 
@@ -175,3 +175,18 @@ def test_a_command_line_field_of_salmonn_keeps_the_others(capsys):
     model = yaml.safe_load(capsys.readouterr().out)["model"]["model"]
     assert (model["qformer"]["hidden_size"], model["qformer"]["num_hidden_layers"], model["lora_rank"]) == (64, 2, 3)
     assert model["llm_path"] == "assets/tiny-salmonn/llama" and model["lora_alpha"] == 2
+
+
+@pytest.mark.slow
+def test_the_long_audio_recipe_runs_on_qwen2_audio_in_chunks(tmp_path, monkeypatch):
+    """configs/long_audio.yaml (60 s and 120 s recordings) with the family swap: its max_audio_seconds
+    carries over (it means the same for both families) and each recording is heard in 30 s chunks."""
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "run"
+    cli = build_cli(["test", "--config", "configs/long_audio.yaml", "--config", "configs/tiny.yaml", "--config",
+                     "configs/qwen2_audio_tiny.yaml", "--model.output_dir", str(out), "--data.init_args.limit", "1",
+                     "--data.init_args.hops", "[single]", "--model.decoder", "OptionScoring"])
+    assert cli.model.family_model.max_audio_seconds == 120
+    records = [json.loads(line) for line in (out / "predictions.jsonl").open()]
+    assert {r["variant"] for r in records} >= {"long120s-late", "long60s-early"}
+    assert not any(r.get("error") for r in records)

@@ -69,7 +69,7 @@ class AudioLLM(torch.nn.Module, ABC):
     family: ClassVar[str]  # the name reports use, e.g. "Qwen2-Audio"
     # The encoder ablations that mean something for this family (``none`` and ``no_audio`` always do).
     ablations: ClassVar[tuple[str, ...]] = ("none", "no_audio", "zero_audio")
-    max_audio_seconds: ClassVar[float]  # the longest clip the family's encoder takes
+    max_audio_seconds: ClassVar[float]  # the longest clip the family hears unless its config says more
 
     @abstractmethod
     def generate_answers(
@@ -124,15 +124,17 @@ class AudioLLM(torch.nn.Module, ABC):
             )
 
     @classmethod
-    def check_variant(cls, name: str, params: dict[str, Any]) -> None:
-        """A clear error for a data variant this family cannot hear (before the model loads)."""
+    def check_variant(cls, name: str, params: dict[str, Any], max_audio_seconds: float | None = None) -> None:
+        """A clear error for a data variant this family cannot hear (before the model loads):
+        an ablation it has no meaning for, or audio longer than ``max_audio_seconds`` (the config's)."""
         cls.check_ablation(str(params.get("ablation") or "none"), f"data variant {name!r}")
+        longest = cls.max_audio_seconds if max_audio_seconds is None else max_audio_seconds
         for key in ("pad_seconds", "long_audio_seconds"):
             seconds = params.get(key)
-            if seconds is not None and float(seconds) > cls.max_audio_seconds:
+            if seconds is not None and float(seconds) > longest:
                 raise ValueError(
-                    f"data variant {name!r}: {key} {seconds} is longer than {cls.family}'s "
-                    f"{cls.max_audio_seconds:g} s audio window; the encoder would not hear the rest"
+                    f"data variant {name!r}: {key} {seconds} is longer than model.model.max_audio_seconds "
+                    f"({longest:g} s); {cls.family} would not hear the rest"
                 )
 
 

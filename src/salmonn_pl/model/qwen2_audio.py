@@ -54,6 +54,7 @@ class Qwen2AudioBatch:
     input_features: torch.Tensor | None  # (clips, 128, 3000) log-mel, one row per question that has audio
     feature_attention_mask: torch.Tensor | None  # (clips, 3000), 1 on the clip's frames
     audio_positions: list[torch.Tensor]  # per question: indices into input_ids of its <|AUDIO|> tokens
+    audio_seconds: list[torch.Tensor]  # per question: (tokens, 2) start and end second of the clip each covers
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -72,6 +73,7 @@ class Qwen2AudioBatch:
             move(self.input_features),
             move(self.feature_attention_mask),
             [p.to(device) for p in self.audio_positions],
+            self.audio_seconds,
         )
 
 
@@ -84,14 +86,23 @@ class Qwen2AudioGeneration:
     finished: list[bool]  # whether an end token stopped the answer (False: max_new_tokens cut it)
 
 
-def audio_token_seconds(num_tokens: int) -> torch.Tensor:
-    """(num_tokens, 2) start and end second of the clip covered by each audio token (40 ms each)."""
-    starts = torch.arange(num_tokens, dtype=torch.float64) / AUDIO_TOKENS_PER_SECOND
+def audio_token_seconds(num_tokens: int, offset: float = 0.0) -> torch.Tensor:
+    """(num_tokens, 2) start and end second covered by each audio token (40 ms each) of a clip, or of
+    a chunk of one that starts ``offset`` seconds into it."""
+    starts = offset + torch.arange(num_tokens, dtype=torch.float64) / AUDIO_TOKENS_PER_SECOND
     return torch.stack([starts, starts + 1.0 / AUDIO_TOKENS_PER_SECOND], dim=1)
 
 
-def _as_waveform(audio: Waveform, index: int) -> np.ndarray:
-    """A 1-D float32 numpy clip; the study's clips are 16 kHz mono, longer than 30 s is an error."""
+def split_into_windows(clip: np.ndarray) -> list[np.ndarray]:
+    """A clip longer than the encoder's 30 s window as the fewest chunks of equal length that fit it
+    (equal, so that no chunk is a sliver the encoder makes no token of); shorter clips stay whole."""
+    window = int(MAX_AUDIO_SECONDS * SAMPLE_RATE)
+    count = -(-len(clip) // window)
+    return [part for part in np.array_split(clip, count)] if count > 1 else [clip]
+
+
+def _as_waveform(audio: Waveform, index: int, max_seconds: float = MAX_AUDIO_SECONDS) -> np.ndarray:
+    """A 1-D float32 numpy clip; the study's clips are 16 kHz mono, longer than ``max_seconds`` is an error."""
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     audio = np.asarray(audio)
@@ -102,13 +113,23 @@ def _as_waveform(audio: Waveform, index: int) -> np.ndarray:
     if audio.size == 0:
         raise ValueError(f"audio[{index}]: empty waveform")
     seconds = audio.size / SAMPLE_RATE
-    if seconds > MAX_AUDIO_SECONDS:
+    if seconds > max_seconds:
         # The feature extractor would silently cut the clip to its first 30 s.
+        window = "audio window" if max_seconds == MAX_AUDIO_SECONDS else "model.max_audio_seconds"
         raise ValueError(
-            f"audio[{index}]: {seconds:.2f} s is longer than Qwen2-Audio's {MAX_AUDIO_SECONDS:.0f} s audio window "
-            f"({int(MAX_AUDIO_SECONDS * SAMPLE_RATE)} samples at {SAMPLE_RATE} Hz)"
+            f"audio[{index}]: {seconds:.2f} s is longer than Qwen2-Audio's {max_seconds:g} s {window} "
+            f"({int(max_seconds * SAMPLE_RATE)} samples at {SAMPLE_RATE} Hz)"
         )
     return audio.astype(np.float32, copy=False)
+
+
+def _chunk_token_seconds(parts: Sequence[np.ndarray]) -> torch.Tensor:
+    """(tokens, 2) seconds of the clip covered by each audio token of its chunks, in order."""
+    spans, offset = [], 0
+    for part in parts:
+        spans.append(audio_token_seconds(Qwen2Audio.num_audio_tokens(len(part)), offset / SAMPLE_RATE))
+        offset += len(part)
+    return torch.cat(spans) if spans else torch.zeros(0, 2, dtype=torch.float64)
 
 
 class AfterPrompt(LogitsProcessor):
@@ -130,11 +151,13 @@ class Qwen2Audio(AudioLLM):
     max_audio_seconds = MAX_AUDIO_SECONDS
 
     def __init__(self, model: Qwen2AudioForConditionalGeneration, processor: Qwen2AudioProcessor,
-                 system: str | None = None):
+                 system: str | None = None, max_audio_seconds: float = MAX_AUDIO_SECONDS):
         super().__init__()
         self.model = model
         self.processor = processor
         self.system = system  # the system turn of every prompt (None: the template's default)
+        # Clips up to this long are heard, in 30 s chunks given as consecutive audio parts of the turn.
+        self.max_audio_seconds = max_audio_seconds
         self.tokenizer = processor.tokenizer
         self.audio_token_id = processor.audio_token_id
         if model.config.audio_token_id != self.audio_token_id:
@@ -149,7 +172,7 @@ class Qwen2Audio(AudioLLM):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str = "float32", device: str = "cpu",
-                        system: str | None = None) -> Qwen2Audio:
+                        system: str | None = None, max_audio_seconds: float = MAX_AUDIO_SECONDS) -> Qwen2Audio:
         if dtype not in DTYPES:
             raise ValueError(f"dtype: {dtype!r} is not one of {sorted(DTYPES)}")
         path = Path(path)
@@ -157,18 +180,21 @@ class Qwen2Audio(AudioLLM):
             raise FileNotFoundError(f"{path}: no config.json, not a Qwen2-Audio directory")
         model = Qwen2AudioForConditionalGeneration.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
         processor = Qwen2AudioProcessor.from_pretrained(path)
-        return cls(model, processor, system=system).eval()
+        return cls(model, processor, system=system, max_audio_seconds=max_audio_seconds).eval()
 
     @property
     def device(self) -> torch.device:
         return self.model.device
 
     # ---- 1. prompt -------------------------------------------------------------------------------
-    def prompt(self, question: str, with_audio: bool = True, system: str | None = None, caption: str | None = None) -> str:
+    def prompt(self, question: str, with_audio: bool = True, system: str | None = None, caption: str | None = None,
+               chunks: int = 1) -> str:
         """The chat-template text of one user turn (clip first, as in the model card) and the assistant cue.
 
         ``system=None`` keeps the template's default system turn ("You are a helpful assistant.").
         ``caption`` (SAKURA's text control) stands where the clip's audio tokens would, and the turn has no audio.
+        ``chunks``: a clip longer than 30 s is given as that many consecutive audio parts ("Audio 1: ...
+        Audio 2: ...", as the template writes several clips).
         """
         if caption is not None:
             text = self.prompt(question, with_audio=True, system=system)
@@ -178,7 +204,7 @@ class Qwen2Audio(AudioLLM):
         content = [{"type": "text", "text": question}]
         if with_audio:
             # The template only looks at the key; the clip itself goes to the processor.
-            content.insert(0, {"type": "audio", "audio_url": "clip"})
+            content[:0] = [{"type": "audio", "audio_url": f"clip{k}"} for k in range(chunks)]
         conversation = [{"role": "user", "content": content}]
         if system is not None:
             conversation.insert(0, {"role": "system", "content": system})
@@ -209,9 +235,11 @@ class Qwen2Audio(AudioLLM):
         if any(a is not None and c is not None for a, c in zip(audios, captions)):
             raise ValueError("a question has both a clip and a caption; the caption replaces the clip")
         system = self.system if system is None else system
-        texts = [self.prompt(q, with_audio=a is not None, system=system, caption=c)
-                 for q, a, c in zip(questions, audios, captions)]
-        clips = [_as_waveform(a, i) for i, a in enumerate(audios) if a is not None]
+        chunked = [split_into_windows(_as_waveform(a, i, self.max_audio_seconds)) if a is not None else []
+                   for i, a in enumerate(audios)]
+        texts = [self.prompt(q, with_audio=a is not None, system=system, caption=c, chunks=len(parts))
+                 for q, a, c, parts in zip(questions, audios, captions, chunked)]
+        clips = [part for parts in chunked for part in parts]
         inputs = self.processor(
             text=texts,
             audio=clips or None,
@@ -221,12 +249,17 @@ class Qwen2Audio(AudioLLM):
             return_tensors="pt",
         )
         positions = [torch.nonzero(row == self.audio_token_id).flatten() for row in inputs["input_ids"]]
+        seconds = [_chunk_token_seconds(parts) for parts in chunked]
+        for i, (p, t) in enumerate(zip(positions, seconds)):
+            if len(p) != len(t):
+                raise RuntimeError(f"question {i}: the processor placed {len(p)} audio tokens, {len(t)} expected")
         batch = Qwen2AudioBatch(
             input_ids=inputs["input_ids"],
             attention_mask=inputs["attention_mask"],
             input_features=inputs.get("input_features") if clips else None,
             feature_attention_mask=inputs.get("feature_attention_mask") if clips else None,
             audio_positions=positions,
+            audio_seconds=seconds,
         )
         return batch.to(self.device)
 
@@ -240,7 +273,7 @@ class Qwen2Audio(AudioLLM):
 
     def audio_spans(self, batch: Qwen2AudioBatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per question: the audio token positions and the (start, end) seconds each one covers."""
-        return [(p, audio_token_seconds(len(p))) for p in batch.audio_positions]
+        return list(zip(batch.audio_positions, batch.audio_seconds))
 
     # ---- 4. generation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -290,8 +323,10 @@ class Qwen2Audio(AudioLLM):
     @contextlib.contextmanager
     def zeroed_audio(self, zero_audio: Sequence[bool] | None, audios: Sequence[Waveform | None] | None):
         """Within the block, the projected audio embeddings of the rows flagged in ``zero_audio`` are
-        zeros (the ``zero_audio`` ablation: the LLM gets as many audio tokens, all zero)."""
-        flags = [bool(z) for z, a in zip(zero_audio or (), audios or ()) if a is not None]
+        zeros (the ``zero_audio`` ablation: the LLM gets as many audio tokens, all zero), every chunk of
+        a long clip."""
+        flags = [bool(z) for z, a in zip(zero_audio or (), audios or ()) if a is not None
+                 for _ in split_into_windows(_as_waveform(a, 0, self.max_audio_seconds))]
         if not any(flags):
             yield
             return
@@ -423,7 +458,7 @@ class Qwen2Audio(AudioLLM):
             prompt_length=batch.input_ids.shape[1],
             answer_lengths=[len(a) for a in answers],
             audio_positions=batch.audio_positions,
-            audio_seconds=[audio_token_seconds(len(p)) for p in batch.audio_positions],
+            audio_seconds=batch.audio_seconds,
         )
 
     @property
@@ -491,10 +526,12 @@ class Qwen2AudioConfig:
     :mod:`salmonn_pl.model.weights`). ``system_prompt``: ``None`` keeps the chat template's own
     ("You are a helpful assistant."). ``adapters``: LoRA on the LLM (``None``: none); ``finetuned``: a
     ``salmonn-pl fit`` checkpoint (``.ckpt``, a path or a name like SALMONN's ``ckpt``) whose adapters
-    are loaded into them (every adapter weight must be in it). The field names
-    differ from :class:`~salmonn_pl.model.salmonn.SalmonnConfig`'s, so that a config swapping the
-    family (``class_path``) cannot carry a SALMONN setting over. ``max_audio_seconds`` is the encoder's
-    30 s window, fixed (the data module keeps as much audio, see ``salmonn-pl``'s link).
+    are loaded into them (every adapter weight must be in it). ``max_audio_seconds``: the longest clip
+    heard; beyond the encoder's 30 s window a clip is split into equal chunks of at most 30 s, given as
+    consecutive audio parts of the turn ("Audio 1: ... Audio 2: ..."), the way the model takes several
+    clips (the data module keeps as much audio, see ``salmonn-pl``'s link). It means what SALMONN's
+    does; every other field name differs from :class:`~salmonn_pl.model.salmonn.SalmonnConfig`'s, so
+    that a config swapping the family (``class_path``) carries no other SALMONN setting over.
     """
 
     model_class: ClassVar[type[AudioLLM]] = Qwen2Audio
@@ -507,12 +544,13 @@ class Qwen2AudioConfig:
     max_audio_seconds: float = MAX_AUDIO_SECONDS
 
     def __post_init__(self) -> None:
-        require(self.max_audio_seconds == MAX_AUDIO_SECONDS, "model.max_audio_seconds", self.max_audio_seconds,
-                f"{MAX_AUDIO_SECONDS:g} for Qwen2-Audio (its encoder's window; longer clips are an error)")
+        require(at_least(self.max_audio_seconds, MAX_AUDIO_SECONDS), "model.max_audio_seconds", self.max_audio_seconds,
+                f">= {MAX_AUDIO_SECONDS:g} (the encoder's window; longer clips are heard in 30 s chunks)")
 
     def build(self) -> Qwen2Audio:
         path = resolve_weight(self.qwen2_audio_path, "model.qwen2_audio_path", "dir")
-        model = Qwen2Audio.from_pretrained(path, dtype=self.dtype, system=self.system_prompt)
+        model = Qwen2Audio.from_pretrained(path, dtype=self.dtype, system=self.system_prompt,
+                                           max_audio_seconds=self.max_audio_seconds)
         if self.adapters is not None:
             a = self.adapters
             model.add_lora(a.rank, a.alpha, a.dropout, tuple(a.target_modules))
