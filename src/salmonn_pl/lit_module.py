@@ -35,7 +35,7 @@ from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model import audio_encoding
 from salmonn_pl.model.audio_encoding import CarriedAudioTokens
-from salmonn_pl.model.family import AudioLLM, FamilyQuestion, questions_from_batch
+from salmonn_pl.model.family import AudioLLM, FamilyQuestion, family_of, is_family_config, questions_from_batch
 from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import SettingError, at_least, require
@@ -149,11 +149,10 @@ class SalmonnModule(L.LightningModule):
     @property
     def family(self) -> str:
         """The model family's name, as reports show it."""
-        config = self.model_config
-        return config.model_class.family if isinstance(config, Qwen2AudioConfig) else "SALMONN"
+        return family_of(self.model_config)
 
     def configure_model(self) -> None:
-        if isinstance(self.model_config, Qwen2AudioConfig):
+        if is_family_config(self.model_config):
             if self.family_model is None:
                 self.check_family_settings()
                 self.family_model = self.model_config.build()
@@ -171,7 +170,7 @@ class SalmonnModule(L.LightningModule):
             self.model_config.model_class.check_variant(variant.name, variant.params(), self.model_config.max_audio_seconds)
 
     def setup(self, stage: str) -> None:
-        if not isinstance(self.model_config, Qwen2AudioConfig):
+        if not is_family_config(self.model_config):
             return
         if stage == "fit" and self.model_config.adapters is None:
             raise ValueError(f"model.model.adapters is null: {self.family}'s weights are frozen, so there is "

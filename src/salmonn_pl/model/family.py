@@ -151,3 +151,13 @@ def questions_from_batch(batch: Mapping[str, Any], ablations: Sequence[str]) -> 
         clip = batch["raw_wav"][row, : int(batch["clip_lengths"][row])] if hears else None
         questions.append(FamilyQuestion(text=text, clip=clip, caption=caption, zero_audio=ablation == "zero_audio"))
     return questions
+
+
+def is_family_config(config: Any) -> bool:
+    """Whether ``model.model`` names a family of this interface (its config has ``model_class``), not SALMONN."""
+    return getattr(config, "model_class", None) is not None
+
+
+def family_of(config: Any) -> str:
+    """The family name reports show for a ``model.model`` config."""
+    return config.model_class.family if is_family_config(config) else "SALMONN"

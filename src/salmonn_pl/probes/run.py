@@ -18,6 +18,7 @@ from rich.progress import track
 
 from salmonn_pl.generation.decode import GenerationSettings
 from salmonn_pl.model.llm import set_lora_scale
+from salmonn_pl.model.family import family_of, is_family_config
 from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import Salmonn, SalmonnConfig
 from salmonn_pl.probes.attention import (
@@ -66,7 +67,7 @@ def probe_attention(
     torch.manual_seed(seed)
     target = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                           "cpu" if device == "auto" else device)
-    family = isinstance(model, Qwen2AudioConfig)
+    family = is_family_config(model)
     if family:
         if lora_scale != 1.0:
             raise ValueError(f"lora_scale is a SALMONN setting, not available with {model.model_class.family}")
@@ -91,7 +92,7 @@ def probe_attention(
         "generation": asdict(generation or GenerationSettings()) if answers == "generated" else None,
         "lora_scale": lora_scale,
         "model": asdict(model),
-        "model_family": model.model_class.family if family else "SALMONN",
+        "model_family": family_of(model),
     }
     if not family:
         settings |= {"qformer_kernel_frames": salmonn.connector.kernel, "qformer_stride_frames": salmonn.connector.stride,
