@@ -376,7 +376,9 @@ class SalmonnModule(L.LightningModule):
             )
             if self.format_forcing is not None:
                 processors.append(format_forcing_processor(m.tokenizer, questions, self.format_forcing))
-        inputs = DecodeInputs(batch["prompt"], questions, audio, batch["id"], side, self.generation, processors)
+        captions = [meta.get("caption") for meta in batch.get("meta") or [{}] * len(questions)]
+        inputs = DecodeInputs(batch["prompt"], questions, audio, batch["id"], side, self.generation, processors,
+                              captions if any(captions) else None)
         return self.decoder.answer(m, inputs)
 
     @property

@@ -106,13 +106,15 @@ def contrastive_generate(
     padding_side: PaddingSide = "left",
     logits_processors: Sequence[LogitsProcessor] = (),
     negative_audio_tokens: torch.Tensor | None = None,
+    negative_prompts: list[str] | None = None,
 ) -> DecodeOutput:
     """Decode ``prompts`` with audio-contrastive scores (greedy, sampling or beam search).
 
     The contrast stream is the prompt without audio tokens, or with ``negative_audio_tokens`` in
-    their place (e.g. the tokens of silence or of another clip).
+    their place (e.g. the tokens of silence or of another clip); ``negative_prompts`` replace the
+    prompts in it (e.g. without a caption that stands for the audio).
     """
-    negative = salmonn.assemble(prompts, negative_audio_tokens, padding_side=padding_side)
+    negative = salmonn.assemble(negative_prompts or prompts, negative_audio_tokens, padding_side=padding_side)
 
     def hook() -> AudioContrast:
         return AudioContrast(salmonn.llm, negative.inputs_embeds, negative.attention_mask,

@@ -58,6 +58,14 @@ class DecodeInputs:
     generation: GenerationSettings = dataclasses.field(default_factory=GenerationSettings)
     # Applied after the non-finite check, in order (built only for decoders that generate text).
     logits_processors: Sequence[LogitsProcessor] = ()
+    # Per row, the caption standing for the audio in a text-control prompt (None: none). The decoders'
+    # audio-free pass (calibration, the contrast stream) drops it with the audio.
+    captions: list[str | None] | None = None
+
+    def audio_free_prompts(self) -> list[str]:
+        """The prompts as the audio-free pass asks them: without a caption in the audio's place."""
+        captions = self.captions or [None] * len(self.prompts)
+        return [p.replace(c, "", 1) if c else p for p, c in zip(self.prompts, captions)]
 
 
 class Decoder(ABC):
@@ -198,7 +206,7 @@ class Contrastive(TextDecoder):
 
     def sequences(self, model: Salmonn, inputs: DecodeInputs, processors: Sequence[LogitsProcessor]) -> DecodeOutput:
         return contrastive_generate(model, inputs.prompts, inputs.audio_tokens, inputs.generation, self.contrastive,
-                                    inputs.padding_side, processors)
+                                    inputs.padding_side, processors, negative_prompts=inputs.audio_free_prompts())
 
     def answer_family(self, model: AudioLLM, questions: list[FamilyQuestion], ids: list[str],
                       generation: GenerationSettings, logits_processors: Sequence[LogitsProcessor] = ()) -> list[dict]:
@@ -248,7 +256,7 @@ class OptionScoring(Decoder):
 
     def answer(self, model: Salmonn, inputs: DecodeInputs) -> list[dict]:
         scores = score_options(model, inputs.prompts, inputs.questions, inputs.audio_tokens, self.option_scoring,
-                               inputs.padding_side, ids=inputs.ids)
+                               inputs.padding_side, ids=inputs.ids, captions=inputs.captions)
         return [{"response": s.choice, "option_scores": s.to_record(), **({"error": s.error} if s.error else {})}
                 for s in scores]
 

@@ -95,17 +95,22 @@ def score_options(
     settings: OptionScoringSettings | None = None,
     padding_side: PaddingSide = "left",
     ids: list[str] | None = None,
+    captions: list[str | None] | None = None,
 ) -> list[OptionScores]:
     """Score the options of each ``questions[i]`` (which must appear verbatim in ``prompts[i]``).
 
     ``audio_tokens [B, n, H]`` are the prompts' audio tokens (``None``: text-only prompts); ``ids`` name
-    the questions in error messages.
+    the questions in error messages. ``captions[i]``: the caption standing for the audio in a text-control
+    prompt; calibration's text-only prompt is without it, as it is without the audio.
     """
     settings = settings or OptionScoringSettings()
     if len(prompts) != len(questions):
         raise ValueError(f"score_options got {len(prompts)} prompts but {len(questions)} questions")
 
     def loglik(rows: list[_Row], with_audio: bool) -> torch.Tensor:
+        if not with_audio and captions is not None and any(captions):
+            rows = [replace(r, prompt=r.prompt.replace(captions[r.question], "", 1)) if captions[r.question] else r
+                    for r in rows]
         return _loglik(salmonn, rows, audio_tokens if with_audio else None, settings, padding_side)
 
     return _score(prompts, questions, settings, ids, loglik)
