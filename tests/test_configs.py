@@ -347,3 +347,17 @@ def test_the_demo_runs_both_families_and_writes_one_side_by_side_report(tmp_path
             assert f"| {run} / {variant} |" in report
         assert f"### {run}: original vs text_caption" in report
     assert (tmp_path / "families" / "position_accuracy.png").is_file()
+
+
+@pytest.mark.slow
+def test_two_runs_in_one_process_each_log_their_own_wandb_run(tmp_path, monkeypatch):
+    """A notebook sweep: the second ``salmonn-pl test`` in the process gets its own W&B run in its own
+    output directory (Lightning would hand it the first run, still open)."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        build_cli(["test", "--config", "configs/demo.yaml", "--model.output_dir", str(out),
+                   "--data.init_args.limit", "1", "--data.init_args.sweep", "null"])
+    for out in runs:
+        assert list((out / "wandb").glob("offline-run-*/files/media/table/test/predictions*.table.json")), out

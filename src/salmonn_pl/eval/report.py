@@ -581,6 +581,14 @@ class SakuraWandbLogger(WandbLogger):
         if self._wandb_init.get("anonymous", "unset") is None:
             del self._wandb_init["anonymous"]
 
+    def finalize(self, status: str) -> None:
+        """Finish the W&B run when the command ends: Lightning leaves it open, and the next run started
+        in the same process (a notebook sweep, a test suite) would log into it."""
+        super().finalize(status)
+        if self._experiment is not None:
+            self._experiment.finish(exit_code=0 if status == "success" else 1)
+            self._experiment = None
+
 
 PREDICTION_COLUMNS = (
     "id", "variant", "track", "hop", "instruction", "response", "label", "judgement", "judge_explanation", "judge",
