@@ -289,10 +289,6 @@ STUDY_SECTION = "## The study's questions, family by family"
 STUDY_ABLATIONS = ("zero_whisper", "zero_beats", "zero_audio", "no_audio")
 
 
-def _family_label(run: Run) -> str:
-    return f"{run.name} ({run.model_family})"
-
-
 def _heard_unpadded(run: Run, variant: str) -> bool:
     """The clip as released (no padding, no long audio, no caption), whatever the ablation and options."""
     params = run.variant_params.get(variant, {})
@@ -361,7 +357,7 @@ def study_rows(runs: Sequence[Run]) -> list[StudyRow]:
             for role, cell in cells.items():
                 host.cells.setdefault(role, cell)
         else:
-            rows.append(StudyRow(_family_label(run), cells, run))
+            rows.append(StudyRow(_run_label(run, runs), cells, run))
     return rows
 
 
@@ -455,7 +451,7 @@ def hearing_rows(runs: Sequence[Run], columns: Sequence[str]) -> tuple[str, list
     table = []
     for run, audio, caption in pairs:
         heard, read = _mean(run, audio, shared), _mean(run, caption, shared)
-        table.append((f"{_family_label(run)} | {audio} vs {caption}", {"audio": heard, "caption": read,
+        table.append((f"{_run_label(run, runs)} | {audio} vs {caption}", {"audio": heard, "caption": read,
                                                                        "gap": _minus(read, heard)}))
     return average_label(shared), table
 
