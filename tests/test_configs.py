@@ -346,6 +346,12 @@ def test_the_demo_runs_both_families_and_writes_one_side_by_side_report(tmp_path
         for variant in ("original", "pad15s-noise-early", "pad15s-noise-late", "text_caption"):
             assert f"| {run} / {variant} |" in report
         assert f"### {run}: original vs text_caption" in report
+    # The study's questions side by side: the position effect and hearing vs reasoning of each family.
+    study = report[report.index("## The study's questions, family by family"):report.index("## Questions")]
+    assert "### Position effect" in study and "### Hearing vs reasoning" in study
+    for run in ("demo (SALMONN)", "demo_qwen2_audio (Qwen2-Audio)"):
+        assert f"| {run} | 15s noise -40 dBFS |" in study
+        assert f"| {run} | original vs text_caption |" in study
     assert (tmp_path / "families" / "position_accuracy.png").is_file()
 
 

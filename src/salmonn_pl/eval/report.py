@@ -283,6 +283,221 @@ def _caption_section(runs: Sequence[Run], columns: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# The study's questions, family by family: one compact table per question, one row per run
+
+STUDY_SECTION = "## The study's questions, family by family"
+STUDY_ABLATIONS = ("zero_whisper", "zero_beats", "zero_audio", "no_audio")
+
+
+def _heard_unpadded(run: Run, variant: str) -> bool:
+    """The clip as released (no padding, no long audio, no caption), whatever the ablation and options."""
+    params = run.variant_params.get(variant, {})
+    return (bool(params) and not params.get("text_caption") and params.get("pad_seconds") is None
+            and params.get("long_audio_seconds") is None)
+
+
+def original_variant(run: Run) -> str | None:
+    """The run's unpadded variant: the clip as released, no ablation, no caption, options kept
+    (``original`` when the records carry no variant settings)."""
+    candidates = [v for v in run.table if _heard_unpadded(run, v) and _ablation(run, v) == "none"
+                  and not run.variant_params[v].get("strip_options")]
+    if "original" in candidates or (not candidates and "original" in run.table and run.ablation == "none"
+                                    and not run.variant_params.get("original")):
+        return "original"
+    return candidates[0] if candidates else None
+
+
+def ablation_variants(run: Run) -> dict[str, str]:
+    """``{ablation: variant}``: the run's unpadded variants (options kept) with an ablation, its own
+    or the run-level ``model.ablation``."""
+    found: dict[str, str] = {}
+    for variant in run.table:
+        params = run.variant_params.get(variant, {})
+        unpadded = _heard_unpadded(run, variant) or (not params and variant in ("original", run.ablation))
+        if unpadded and not params.get("strip_options") and _ablation(run, variant) != "none":
+            found.setdefault(_ablation(run, variant), variant)
+    return found
+
+
+def stripped_options_variant(run: Run) -> str | None:
+    """The unpadded variant asked without its answer options (``strip_options``), no ablation."""
+    return next((v for v in run.table if _heard_unpadded(run, v) and _ablation(run, v) == "none"
+                 and run.variant_params[v].get("strip_options")), None)
+
+
+def _same_model(run: Run, other: Run, runs: Sequence[Run]) -> bool:
+    """Whether ``other`` is the same model as ``run``: the same LLM and checkpoint when the configs
+    name them, else the only run of its family."""
+    if run.model_identity is not None or other.model_identity is not None:
+        return run.model_identity == other.model_identity
+    return run.model_family == other.model_family and sum(r.model_family == run.model_family for r in runs) == 2
+
+
+@dataclass
+class StudyRow:
+    """One run of the study's tables: its variants by role, the ablations of a run-level ablated run
+    of the same model folded in (a run evaluated with ``model.ablation: no_audio`` has no original)."""
+
+    label: str
+    cells: dict[str, tuple[Run, str]]  # role ("original", "no_audio", "strip_options", ...) -> (run, variant)
+    run: Run
+
+
+def study_rows(runs: Sequence[Run]) -> list[StudyRow]:
+    rows: list[StudyRow] = []
+    for run in runs:
+        cells = {role: (run, variant) for role, variant in ablation_variants(run).items()}
+        if (original := original_variant(run)) is not None:
+            cells["original"] = (run, original)
+        if (stripped := stripped_options_variant(run)) is not None:
+            cells["strip_options"] = (run, stripped)
+        host = next((r for r in rows if run.ablation != "none" and "original" in r.cells
+                     and r.run.ablation == "none" and _same_model(run, r.run, runs)), None)
+        if host is not None:
+            for role, cell in cells.items():
+                host.cells.setdefault(role, cell)
+        else:
+            rows.append(StudyRow(_run_label(run, runs), cells, run))
+    return rows
+
+
+def common_columns(cells: Sequence[tuple[Run, str]], columns: Sequence[str]) -> list[str]:
+    """The track-hop columns (of ``columns``) that every one of ``cells`` has: the average of each
+    cell over them compares with the others."""
+    return [c for c in columns if all(c in run.table[variant] for run, variant in cells)]
+
+
+def _mean(run: Run, variant: str | None, columns: Sequence[str]) -> float | None:
+    if variant is None or not columns:
+        return None
+    return sum(run.table[variant][c] for c in columns) / len(columns)
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def padded_conditions(run: Run) -> dict[str, dict[str, str]]:
+    """``{"<seconds>s <fill>": {position: variant}}``: the run's padded variants (no ablation, no
+    caption, options kept) with the clip early, middle or late."""
+    conditions: dict[str, dict[str, str]] = {}
+    for variant in run.table:
+        params = run.variant_params.get(variant, {})
+        if (params.get("pad_seconds") is None or params.get("text_caption") or params.get("strip_options")
+                or _ablation(run, variant) != "none" or params.get("pad_position") not in POSITIONS):
+            continue
+        fill = params.get("pad_fill", "zero")
+        if fill == "noise" and params.get("noise_dbfs") is not None:
+            fill = f"noise {float(params['noise_dbfs']):g} dBFS"
+        condition = f"{float(params['pad_seconds']):g}s {fill}"
+        conditions.setdefault(condition, {}).setdefault(params["pad_position"], variant)
+    return conditions
+
+
+def position_effect_rows(runs: Sequence[Run], columns: Sequence[str]) -> tuple[str, list[tuple[str, dict]]]:
+    """Per run and padded condition: the original's and each position's accuracy, and the spread
+    (max - min over the positions present, %p); all averaged over the columns every cell has."""
+    blocks = [(row, condition, positions) for row in study_rows(runs)
+              for condition, positions in sorted(padded_conditions(row.run).items())]
+    cells = [(b[0].run, v) for b in blocks for v in b[2].values()]
+    cells += [b[0].cells["original"] for b in blocks if "original" in b[0].cells]
+    shared = common_columns(cells, columns)
+    rows = []
+    for row, condition, positions in blocks:
+        accuracy = {p: _mean(row.run, positions.get(p), shared) for p in POSITIONS}
+        present = [a for a in accuracy.values() if a is not None]
+        spread = max(present) - min(present) if len(present) > 1 else None
+        rows.append((f"{row.label} | {condition}", {"original": _mean(*row.cells.get("original", (row.run, None)), shared),
+                                                     **accuracy, "spread": spread}))
+    return average_label(shared), rows
+
+
+def ablation_rows(runs: Sequence[Run], columns: Sequence[str]) -> tuple[str, list[str], list[tuple[str, dict]]]:
+    """Per run: the original's accuracy, each ablation's (``–`` where the run lacks it) and its drop,
+    original - ablation (%p)."""
+    rows = [r for r in study_rows(runs) if any(a in r.cells for a in STUDY_ABLATIONS)]
+    present = [a for a in STUDY_ABLATIONS if any(a in r.cells for r in rows)]
+    shared = common_columns([c for r in rows for role, c in r.cells.items() if role in ("original", *present)], columns)
+    table = []
+    for row in rows:
+        original = _mean(*row.cells.get("original", (row.run, None)), shared)
+        values: dict[str, float | None] = {"original": original}
+        for ablation in present:
+            values[ablation] = _mean(*row.cells.get(ablation, (row.run, None)), shared)
+            values[f"{ablation} drop"] = _minus(original, values[ablation])
+        table.append((row.label, values))
+    return average_label(shared), present, table
+
+
+def text_prior_rows(runs: Sequence[Run], columns: Sequence[str]) -> tuple[str, bool, list[tuple[str, dict]]]:
+    """Per run with a ``no_audio`` answer: the original's accuracy, with no audio, with the options
+    stripped, and the audio gain = original - no_audio (%p)."""
+    rows = [r for r in study_rows(runs) if "no_audio" in r.cells]
+    stripped = any("strip_options" in r.cells for r in rows)
+    roles = ("original", "no_audio", "strip_options")
+    shared = common_columns([c for r in rows for role, c in r.cells.items() if role in roles], columns)
+    table = []
+    for row in rows:
+        values = {role: _mean(*row.cells.get(role, (row.run, None)), shared) for role in roles}
+        table.append((row.label, {**values, "gain": _minus(values["original"], values["no_audio"])}))
+    return average_label(shared), stripped, table
+
+
+def hearing_rows(runs: Sequence[Run], columns: Sequence[str]) -> tuple[str, list[tuple[str, dict]]]:
+    """Per run and caption pair (:func:`caption_pairs`): audio and caption accuracy and the gap,
+    caption - audio (%p)."""
+    pairs = [(run, audio, caption) for run in runs for audio, caption in caption_pairs(run)]
+    shared = common_columns([(run, v) for run, audio, caption in pairs for v in (audio, caption)], columns)
+    table = []
+    for run, audio, caption in pairs:
+        heard, read = _mean(run, audio, shared), _mean(run, caption, shared)
+        table.append((f"{_run_label(run, runs)} | {audio} vs {caption}", {"audio": heard, "caption": read,
+                                                                       "gap": _minus(read, heard)}))
+    return average_label(shared), table
+
+
+def _study_table(title: str, first: str, average: str, headers: Sequence[tuple[str, str, bool]],
+                 rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """A compact table: ``first`` columns (run, condition) then ``headers`` = (key, title, signed)."""
+    firsts = first.split(" | ")
+    firsts[0] = f"{firsts[0]} — accuracy (%): {average}"  # which columns every number averages
+    lines = ["", f"### {title}", ""]
+    lines += ["| " + " | ".join([*firsts, *(h[1] for h in headers)]) + " |",
+              "|" + "---|" * len(firsts) + "---:|" * len(headers)]
+    lines += [f"| {label} | " + " | ".join(_fmt(values.get(k), signed) for k, _, signed in headers) + " |"
+              for label, values in rows]
+    return lines
+
+
+def study_section(runs: Sequence[Run], columns: Sequence[str]) -> list[str]:
+    """The study's four questions side by side per run and family; each table only where the runs
+    hold the variants it needs."""
+    lines: list[str] = []
+    average, rows = position_effect_rows(runs, columns)
+    if rows:
+        headers = [("original", "original", False), *((p, p, False) for p in POSITIONS),
+                   ("spread", "spread (%p)", False)]
+        lines += _study_table("Position effect: the clip early, middle or late in the padding", "run | padding",
+                              average, headers, rows)
+    average, present, rows = ablation_rows(runs, columns)
+    if rows:
+        headers = [("original", "original", False)]
+        headers += [h for a in present for h in ((a, a, False), (f"{a} drop", "drop (%p)", True))]
+        lines += _study_table("Encoder ablations (drop = original - ablation)", "run", average, headers, rows)
+    average, stripped, rows = text_prior_rows(runs, columns)
+    if rows:
+        headers = [("original", "original", False), ("no_audio", "no audio", False),
+                   *([("strip_options", "options stripped", False)] if stripped else []),
+                   ("gain", "audio gain (%p)", True)]
+        lines += _study_table("Text prior (audio gain = original - no audio)", "run", average, headers, rows)
+    average, rows = hearing_rows(runs, columns)
+    if rows:
+        headers = [("audio", "audio", False), ("caption", "caption", False), ("gap", "gap (%p)", True)]
+        lines += _study_table("Hearing vs reasoning (gap = caption - audio)", "run | compared", average, headers, rows)
+    return ["", STUDY_SECTION, *lines] if lines else []
+
+
+# ---------------------------------------------------------------------------------------------
 # Markdown
 
 
@@ -364,6 +579,7 @@ def render_report(
     rows += [(_row_label(run, variant, runs), _with_average(row, track_columns, average))
              for run in runs for variant, row in run.table.items()]
     lines += _table("run / variant" if len(runs) > 1 else "variant", rows, columns)
+    lines += study_section(runs, track_columns)
 
     summary_rows = [(_run_label(run, runs), overall(run.counts)) for run in runs]
     lines += ["", "## Questions", ""]
