@@ -35,7 +35,14 @@ from salmonn_pl.model.checkpoint import PAD_ROW_KEYS
 from salmonn_pl.model.llm import set_lora_scale, set_pad_rows
 from salmonn_pl.model import audio_encoding
 from salmonn_pl.model.audio_encoding import CarriedAudioTokens
-from salmonn_pl.model.family import AudioLLM, FamilyQuestion, family_of, is_family_config, questions_from_batch
+from salmonn_pl.model.family import (
+    AudioLLM,
+    FamilyQuestion,
+    family_of,
+    is_family_config,
+    questions_from_batch,
+    shown_questions,
+)
 from salmonn_pl.model.qwen2_audio import Qwen2AudioConfig
 from salmonn_pl.model.salmonn import AudioTokens, PaddingSide, Salmonn, SalmonnConfig
 from salmonn_pl.settings_check import SettingError, at_least, require
@@ -248,7 +255,7 @@ class SalmonnModule(L.LightningModule):
             questions = [q.text for q in asked]
             options = option_logprobs(score, questions, questions, batch["text"])
         else:
-            options = text_only_option_logprobs(m, batch["prompt"], questions_of(batch), batch["text"], self.padding_side)
+            options = text_only_option_logprobs(m, batch["prompt"], shown_questions(batch), batch["text"], self.padding_side)
         # Every batch logs the same keys (ranks that disagree would hang a synced log); text_only_acc
         # is weighted by the questions whose answer is known, so batches without any count for nothing.
         no_answer = {"text_only_acc": logp_audio.new_zeros(()), TEXT_ONLY_KNOWN: logp_audio.new_zeros(())}
@@ -368,7 +375,7 @@ class SalmonnModule(L.LightningModule):
             return self.decoder.answer_family(family, asked, list(batch["id"]), self.generation, processors)
         m, side = self.salmonn, padding_side or self.padding_side
         audio = self.encode(batch, ablation)
-        questions = questions_of(batch)
+        questions = shown_questions(batch)
         processors = []
         if self.decoder.generates_text:
             processors = build_logits_processors(
@@ -565,15 +572,11 @@ def check_module_arguments(lora_scale: float = 1.0) -> None:
     require(at_least(lora_scale, 0), "lora_scale", lora_scale, "a finite number >= 0")
 
 
-def questions_of(batch: dict) -> list[str]:
-    """The question each row's prompt shows (SAKURA meta ``question``, annotation meta ``instruction``)."""
-    metas = batch.get("meta") or [{}] * len(batch["prompt"])
-    return [meta.get("question") or meta.get("instruction", "") for meta in metas]
 
 
 def text_only(batch: dict) -> list[FamilyQuestion]:
     """Each row's question as a family asks it without the audio (the prior objectives' text-only pass)."""
-    return [FamilyQuestion(text=text, clip=None) for text in questions_of(batch)]
+    return [FamilyQuestion(text=text, clip=None) for text in shown_questions(batch)]
 
 
 def select_rows(batch: dict, rows: list[int]) -> dict:

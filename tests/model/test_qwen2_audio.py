@@ -248,6 +248,19 @@ def test_bad_inputs_name_the_problem(qwen, tiny_dir, tmp_path):
         Qwen2Audio.from_pretrained(tmp_path)
 
 
+def _log_likelihood_with_zeroed_audio_by_hand(qwen, question, clip, answer) -> torch.Tensor:
+    """log p(answer | prompt) from one forward whose audio-token embeddings were set to zero here."""
+    batch = qwen.batch([question], [clip])
+    answer_ids = torch.tensor([qwen.answer_token_ids(answer)])
+    input_ids = torch.cat([batch.input_ids, answer_ids], dim=1)
+    with torch.no_grad():
+        embeds = qwen.model.get_input_embeddings()(input_ids)
+        embeds[0, batch.audio_positions[0]] = 0.0
+        logits = qwen.model(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids)).logits
+    prompt_len = batch.input_ids.shape[1]
+    return logits[0, prompt_len - 1 : -1].double().log_softmax(-1).gather(-1, answer_ids[0][:, None]).sum()
+
+
 def test_zero_audio_gives_the_llm_zero_audio_embeddings(qwen, items):
     """The zero_audio ablation equals a forward whose audio-token embeddings are set to zero by hand;
     the other rows of the batch keep their audio."""
@@ -257,14 +270,7 @@ def test_zero_audio_gives_the_llm_zero_audio_embeddings(qwen, items):
     with torch.no_grad():
         plain = qwen.answer_log_likelihood(questions, audios, answers)
         zeroed = qwen.answer_log_likelihood(questions, audios, answers, zero_audio=[True, False])
-        batch = qwen.batch(questions[:1], audios[:1])
-        answer_ids = torch.tensor([qwen.answer_token_ids(answers[0])])
-        input_ids = torch.cat([batch.input_ids, answer_ids], dim=1)
-        embeds = qwen.model.get_input_embeddings()(input_ids)
-        embeds[0, batch.audio_positions[0]] = 0.0
-        logits = qwen.model(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids)).logits
-    prompt_len = batch.input_ids.shape[1]
-    by_hand = logits[0, prompt_len - 1 : -1].double().log_softmax(-1).gather(-1, answer_ids[0][:, None]).sum()
+    by_hand = _log_likelihood_with_zeroed_audio_by_hand(qwen, questions[0], audios[0], answers[0])
     assert zeroed[0].item() == pytest.approx(by_hand.item(), abs=1e-4)
     assert abs(zeroed[0].item() - plain[0].item()) > 1e-3  # the ablation changed what the LLM heard
     assert zeroed[1].item() == pytest.approx(plain[1].item(), abs=1e-4)
@@ -355,12 +361,5 @@ def test_zero_audio_zeroes_every_chunk_of_a_long_clip(tiny_dir, items):
     clip = np.tile(audio, int(np.ceil(45 * SAMPLE_RATE / len(audio))))[: 45 * SAMPLE_RATE]
     with torch.no_grad():
         zeroed = long_qwen.answer_log_likelihood([question], [clip], [answer], zero_audio=[True])
-        batch = long_qwen.batch([question], [clip])
-        answer_ids = torch.tensor([long_qwen.answer_token_ids(answer)])
-        input_ids = torch.cat([batch.input_ids, answer_ids], dim=1)
-        embeds = long_qwen.model.get_input_embeddings()(input_ids)
-        embeds[0, batch.audio_positions[0]] = 0.0
-        logits = long_qwen.model(inputs_embeds=embeds, attention_mask=torch.ones_like(input_ids)).logits
-    prompt_len = batch.input_ids.shape[1]
-    by_hand = logits[0, prompt_len - 1 : -1].double().log_softmax(-1).gather(-1, answer_ids[0][:, None]).sum()
+    by_hand = _log_likelihood_with_zeroed_audio_by_hand(long_qwen, question, clip, answer)
     assert zeroed[0].item() == pytest.approx(by_hand.item(), abs=1e-4)

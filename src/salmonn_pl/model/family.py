@@ -138,14 +138,19 @@ class AudioLLM(torch.nn.Module, ABC):
                 )
 
 
+def shown_questions(batch: Mapping[str, Any]) -> list[str]:
+    """The question each row's prompt shows (SAKURA meta ``question``, annotation meta ``instruction``)."""
+    metas = batch.get("meta") or [{}] * len(batch["prompt"])
+    return [meta.get("question") or meta.get("instruction", "") for meta in metas]
+
+
 def questions_from_batch(batch: Mapping[str, Any], ablations: Sequence[str]) -> list[FamilyQuestion]:
     """A collated batch's rows as :class:`FamilyQuestion`: the question shown (meta ``question``), the
     clip as the variant made it (``raw_wav`` up to ``clip_lengths``, before SALMONN's pad-to-1 s), the
     caption control's caption (meta ``caption``), and each row's ablation."""
     metas = batch.get("meta") or [{}] * len(batch["prompt"])
     questions = []
-    for row, (meta, ablation) in enumerate(zip(metas, ablations)):
-        text = meta.get("question") or meta.get("instruction", "")
+    for row, (text, meta, ablation) in enumerate(zip(shown_questions(batch), metas, ablations)):
         caption = meta.get("caption")
         hears = ablation != "no_audio" and caption is None
         clip = batch["raw_wav"][row, : int(batch["clip_lengths"][row])] if hears else None

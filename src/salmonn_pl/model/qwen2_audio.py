@@ -55,6 +55,7 @@ class Qwen2AudioBatch:
     feature_attention_mask: torch.Tensor | None  # (clips, 3000), 1 on the clip's frames
     audio_positions: list[torch.Tensor]  # per question: indices into input_ids of its <|AUDIO|> tokens
     audio_seconds: list[torch.Tensor]  # per question: (tokens, 2) start and end second of the clip each covers
+    chunks: list[int]  # per question: audio parts its clip was given as (0: no clip), one feature row each
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -74,6 +75,7 @@ class Qwen2AudioBatch:
             move(self.feature_attention_mask),
             [p.to(device) for p in self.audio_positions],
             self.audio_seconds,
+            self.chunks,
         )
 
 
@@ -260,6 +262,7 @@ class Qwen2Audio(AudioLLM):
             feature_attention_mask=inputs.get("feature_attention_mask") if clips else None,
             audio_positions=positions,
             audio_seconds=seconds,
+            chunks=[len(parts) for parts in chunked],
         )
         return batch.to(self.device)
 
@@ -300,7 +303,7 @@ class Qwen2Audio(AudioLLM):
         """
         batch = self.batch(questions, audios, system=system, captions=captions)
         knobs = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None} | sampling
-        with self.zeroed_audio(zero_audio, audios):
+        with self.zeroed_audio(zero_audio, batch):
             output = self.model.generate(
                 **batch.model_inputs(),
                 num_beams=num_beams,
@@ -321,12 +324,11 @@ class Qwen2Audio(AudioLLM):
         return Qwen2AudioGeneration(token_ids=token_ids, texts=texts, finished=finished)
 
     @contextlib.contextmanager
-    def zeroed_audio(self, zero_audio: Sequence[bool] | None, audios: Sequence[Waveform | None] | None):
-        """Within the block, the projected audio embeddings of the rows flagged in ``zero_audio`` are
-        zeros (the ``zero_audio`` ablation: the LLM gets as many audio tokens, all zero), every chunk of
-        a long clip."""
-        flags = [bool(z) for z, a in zip(zero_audio or (), audios or ()) if a is not None
-                 for _ in split_into_windows(_as_waveform(a, 0, self.max_audio_seconds))]
+    def zeroed_audio(self, zero_audio: Sequence[bool] | None, batch: Qwen2AudioBatch):
+        """Within the block, the projected audio embeddings of the questions of ``batch`` flagged in
+        ``zero_audio`` are zeros (the ``zero_audio`` ablation: the LLM gets as many audio tokens, all
+        zero), every chunk of a long clip."""
+        flags = [bool(z) for z, chunks in zip(zero_audio or (), batch.chunks) for _ in range(chunks)]
         if not any(flags):
             yield
             return
@@ -391,18 +393,22 @@ class Qwen2Audio(AudioLLM):
         newline, where Qwen2's pre-tokenizer splits anyway), so the scored tokens are exactly the
         answer's: [left padding | prompt | answer | right padding].
         """
+        return self._answer_scores(questions, audios, answers, system, captions, zero_audio, end_of_answer)[0]
+
+    def _answer_scores(self, questions, audios, answers, system, captions, zero_audio, end_of_answer):
+        """:meth:`answer_log_likelihood` and the number of answer tokens it scored per row."""
         if len(answers) != len(questions):
             raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
         end = [self.end_of_turn_id] if end_of_answer else []
         answer_ids = [self.answer_token_ids(a) + end for a in answers]
         batch, inputs, tail, tail_mask = self._teacher_forced(questions, audios, answer_ids, system, captions)
         prompt_len = batch.input_ids.shape[1]
-        with self.zeroed_audio(zero_audio, audios):
+        with self.zeroed_audio(zero_audio, batch):
             logits = self.model(**inputs).logits
         # The token at position t is predicted by the logits at t - 1.
         log_probs = logits[:, prompt_len - 1 : -1].double().log_softmax(-1)
         picked = log_probs.gather(-1, tail.unsqueeze(-1)).squeeze(-1)
-        return (picked * tail_mask).sum(-1)
+        return (picked * tail_mask).sum(-1), tail_mask.sum(-1)
 
     def _teacher_forced(self, questions, audios, answer_ids: Sequence[Sequence[int]], system=None, captions=None):
         """``[left padding | prompt | answer | right padding]`` model inputs, positions counting real tokens."""
@@ -431,7 +437,7 @@ class Qwen2Audio(AudioLLM):
         audios = [q.clip for q in questions]
         batch, inputs, _, _ = self._teacher_forced([q.text for q in questions], audios, [list(p) for p in prefixes],
                                                   captions=[q.caption for q in questions])
-        with self.zeroed_audio([q.zero_audio for q in questions], audios):
+        with self.zeroed_audio([q.zero_audio for q in questions], batch):
             logits = self.model(**inputs, use_cache=False).logits
         # Row k's next token follows its prompt and its own prefix (the prefixes are right-padded).
         last = torch.tensor([batch.input_ids.shape[1] - 1 + len(p) for p in prefixes], device=logits.device)
@@ -448,7 +454,7 @@ class Qwen2Audio(AudioLLM):
         previous = llm.config._attn_implementation
         llm.set_attn_implementation("eager")  # SDPA returns no attention weights
         try:
-            with self.zeroed_audio([q.zero_audio for q in questions], audios):
+            with self.zeroed_audio([q.zero_audio for q in questions], batch):
                 out = self.model(**inputs, output_attentions=True, use_cache=False, logits_to_keep=1)
         finally:
             llm.set_attn_implementation(previous)
@@ -476,13 +482,10 @@ class Qwen2Audio(AudioLLM):
     def answer_log_likelihoods(
         self, questions: Sequence[FamilyQuestion], answers: Sequence[str], end_of_answer: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logp = self.answer_log_likelihood(
-            [q.text for q in questions], [q.clip for q in questions], answers,
-            captions=[q.caption for q in questions], zero_audio=[q.zero_audio for q in questions],
-            end_of_answer=end_of_answer,
+        return self._answer_scores(
+            [q.text for q in questions], [q.clip for q in questions], answers, None,
+            [q.caption for q in questions], [q.zero_audio for q in questions], end_of_answer,
         )
-        counts = torch.tensor([len(self.answer_token_ids(a)) + int(end_of_answer) for a in answers])
-        return logp, counts
 
     # ---- 6. LoRA ---------------------------------------------------------------------------------
     def add_lora(self, r: int = 8, alpha: int = 16, dropout: float = 0.0, targets: Sequence[str] = ("q_proj", "v_proj")):
